@@ -1,0 +1,47 @@
+# Every target creates what it needs; a fresh machine needs only Python 3.11 and the package registries.
+PYTHON ?= python3.11
+AIRFLOW_VERSION ?= 3.3.2
+AIRFLOW_FLOOR ?= 3.1.0
+# The floor is installed as a user of that release would have had it: nothing published after this
+# date, except the common-compat provider (providers are meant to be upgraded ahead of core).
+FLOOR_DATE ?= 2025-10-15
+VENV ?= .venv
+FLOOR_VENV ?= .venv-floor
+
+.PHONY: test test-newest test-floor lint demo bench clean
+
+test: lint test-newest test-floor ## lint, types, then the suite on the newest and the oldest supported Airflow
+
+$(VENV)/.installed-$(AIRFLOW_VERSION): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check uv
+	$(VENV)/bin/uv pip install -q -p $(VENV)/bin/python -e '.[dev,bench]' 'apache-airflow==$(AIRFLOW_VERSION)'
+	rm -f $(VENV)/.installed-* && touch $@
+
+$(FLOOR_VENV)/.installed-$(AIRFLOW_FLOOR): pyproject.toml
+	$(PYTHON) -m venv $(FLOOR_VENV)
+	$(FLOOR_VENV)/bin/pip install -q --disable-pip-version-check uv
+	$(FLOOR_VENV)/bin/uv pip install -q -p $(FLOOR_VENV)/bin/python --exclude-newer $(FLOOR_DATE) \
+		--exclude-newer-package apache-airflow-providers-common-compat=2026-12-01 \
+		-e '.[dev]' 'apache-airflow==$(AIRFLOW_FLOOR)'
+	rm -f $(FLOOR_VENV)/.installed-* && touch $@
+
+lint: $(VENV)/.installed-$(AIRFLOW_VERSION)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test-newest: $(VENV)/.installed-$(AIRFLOW_VERSION)
+	$(VENV)/bin/python -m pytest
+
+test-floor: $(FLOOR_VENV)/.installed-$(AIRFLOW_FLOOR)
+	$(FLOOR_VENV)/bin/python -m pytest
+
+demo: $(VENV)/.installed-$(AIRFLOW_VERSION)
+	$(VENV)/bin/python -m airflow_provider_c66.testing smoke
+
+bench: $(VENV)/.installed-$(AIRFLOW_VERSION)
+	$(VENV)/bin/python benchmarks/copy_to_s3.py
+
+clean:
+	rm -rf $(VENV) $(FLOOR_VENV) .mypy_cache .ruff_cache

@@ -1,0 +1,313 @@
+"""The Cloud 66 API without I/O: request building, answer interpretation, retry and rate-limit policy.
+
+The sync hook (``requests``) and the async trigger path (``aiohttp``) both drive these pieces; the
+only thing that differs between them is the call that moves bytes. Keeping policy here means one
+retry policy, one error mapping and one envelope parser for the whole package.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from airflow_provider_c66 import __version__
+from airflow_provider_c66.exceptions import (
+    Cloud66ApiError,
+    Cloud66AuthError,
+    Cloud66NotFoundError,
+    Cloud66RateLimitError,
+    Cloud66ResponseError,
+)
+
+DEFAULT_BASE_URL = "https://app.cloud66.com/api/3"
+USER_AGENT = f"airflow-provider-c66/{__version__}"
+MAX_PAGES = 10_000
+
+# Query parameters of a signed URL that are credentials; everything else may be shown.
+_SECRET_PARAMS = re.compile(
+    r"(?i)\b(Signature|X-Amz-Signature|X-Amz-Credential|X-Amz-Security-Token|AWSAccessKeyId)=[^&\s'\"<>]+"
+)
+
+
+def redact_url(url: str) -> str:
+    """A URL fit for a log line: scheme, host and path; the query string (a credential) is dropped."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "[redacted]" if parts.query else "", ""))
+
+
+def redact_text(text: str) -> str:
+    """Blank out signed-URL credentials wherever they appear in free text (exception messages)."""
+    return _SECRET_PARAMS.sub(lambda m: f"{m.group(1)}=[redacted]", text)
+
+
+def undo_percent_quirk(url: str) -> str:
+    """Cloud 66 double-encodes ``%`` in signed URLs (``%252F``); the official client undoes it so."""
+    return url.replace("%25", "%")
+
+
+def segment(value: str | int) -> str:
+    """One URL path segment, escaped so an id can never change the path."""
+    return quote(str(value), safe="")
+
+
+@dataclass(frozen=True)
+class ApiRequest:
+    """One API call: what to send and, for error messages, what it was about.
+
+    :param method: ``GET`` or ``POST``.
+    :param path: the path below the base URL, ending in ``.json``.
+    :param params: query parameters (GET).
+    :param body: JSON body (POST).
+    :param subject: what the path names, for a 404 message ("stack 'abc'").
+    """
+
+    method: str
+    path: str
+    params: Mapping[str, str | int] = field(default_factory=dict)
+    body: Mapping[str, Any] | None = None
+    subject: str = ""
+
+    def url(self, base_url: str) -> str:
+        return base_url.rstrip("/") + self.path
+
+    def with_page(self, page: int) -> ApiRequest:
+        return ApiRequest(self.method, self.path, {**self.params, "page": page}, self.body, self.subject)
+
+
+@dataclass(frozen=True)
+class Page:
+    """A decoded success envelope: the ``response`` value and whether another page follows."""
+
+    response: Any
+    has_next: bool
+    remaining: int | None
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    for key, value in headers.items():
+        if key.lower() == name.lower():
+            return value
+    return None
+
+
+def _parse_json(body: bytes) -> Any:
+    try:
+        return json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+
+
+def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """``Retry-After`` in seconds (delta or HTTP date), or None when absent or unreadable."""
+    value = _header(headers, "Retry-After")
+    if value is None:
+        return None
+    value = value.strip()
+    if re.fullmatch(r"\d+(\.\d+)?", value):
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def budget_reset_at(headers: Mapping[str, str], now: float | None = None) -> float:
+    """Epoch seconds at which a spent hourly budget is available again.
+
+    Cloud 66 documents only "until the next hour". ``Retry-After`` and ``X-RateLimit-Reset`` (epoch
+    or seconds) are honoured when a proxy or a newer API sends them; else the top of the next hour.
+    """
+    now = time.time() if now is None else now
+    retry_after = parse_retry_after(headers, now)
+    if retry_after is not None:
+        return now + retry_after
+    reset = _header(headers, "X-RateLimit-Reset")
+    if reset and re.fullmatch(r"\d+(\.\d+)?", reset.strip()):
+        value = float(reset)
+        return value if value > 1_000_000_000 else now + value
+    return (now // 3600 + 1) * 3600
+
+
+def _describe_error(payload: Any, body: bytes, content_type: str | None) -> tuple[str | None, str]:
+    if isinstance(payload, Mapping):
+        error_id = payload.get("error")
+        details = payload.get("details")
+        description = details if isinstance(details, str) and details.strip() else payload.get("error_description")
+        return (str(error_id) if error_id else None, str(description or "").strip())
+    kind = (content_type or "unknown type").split(";")[0]
+    return None, f"non-JSON answer ({kind}, {len(body)} bytes)"
+
+
+@dataclass
+class Outcome:
+    """What one attempt came to: a page, or an error and whether trying again can help."""
+
+    page: Page | None = None
+    error: Cloud66ApiError | None = None
+    retryable: bool = False
+    retry_after: float | None = None
+    reset_at: float | None = None  # set when the hourly budget is spent
+
+
+def interpret(request: ApiRequest, status: int, headers: Mapping[str, str], body: bytes) -> Outcome:
+    """Map one HTTP answer to an :class:`Outcome`; the one place where status codes get meaning."""
+    payload = _parse_json(body)
+    where = f"{request.method} {request.path}"
+    ctx: dict[str, Any] = {"status": status, "method": request.method, "path": request.path}
+    remaining_text = _header(headers, "X-RateLimit-Remaining")
+    remaining = int(remaining_text) if remaining_text and remaining_text.strip().isdigit() else None
+    if 200 <= status < 300:
+        if not isinstance(payload, Mapping) or "response" not in payload:
+            error = Cloud66ResponseError(
+                f"{where}: the answer is not a Cloud 66 JSON envelope "
+                f"({_describe_error(payload, body, _header(headers, 'Content-Type'))[1]})",
+                **ctx,
+            )
+            return Outcome(error=error, retryable=True)
+        pagination = payload.get("pagination")
+        has_next = isinstance(pagination, Mapping) and pagination.get("next") not in (None, "", False)
+        return Outcome(page=Page(payload["response"], has_next, remaining))
+
+    error_id, description = _describe_error(payload, body, _header(headers, "Content-Type"))
+    ctx.update(error_id=error_id, description=description)
+    detail = f"{status} {error_id + ': ' if error_id else ''}{description}".strip()
+    if status == 503 and error_id == "throttled":
+        reset = budget_reset_at(headers)
+        error = Cloud66RateLimitError(
+            f"{where}: the Cloud 66 hourly request budget is spent ({detail}); it resets at "
+            f"{_utc(reset)}. Airflow's task retry (retries/retry_delay) can take over from here.",
+            reset_at=datetime.fromtimestamp(reset, timezone.utc),
+            **ctx,
+        )
+        return Outcome(error=error, retryable=True, reset_at=reset)
+    if status == 429 or status == 408 or (status >= 500 and error_id != "not_implemented"):
+        error = Cloud66ApiError(f"{where}: Cloud 66 answered {detail}", **ctx)
+        return Outcome(error=error, retryable=True, retry_after=parse_retry_after(headers))
+    if status == 401:
+        message = f"{where}: Cloud 66 rejected the access token ({detail}); check the connection's password"
+        return Outcome(error=Cloud66AuthError(message, **ctx))
+    if status == 403:
+        need = (
+            "creating or importing backups needs a token with the 'admin' scope"
+            if request.method == "POST"
+            else "reading backups needs a token with the 'public' scope"
+        )
+        return Outcome(error=Cloud66AuthError(f"{where}: forbidden ({detail}); {need}", **ctx))
+    if status == 404:
+        subject = request.subject or "the resource"
+        message = f"{where}: {subject} was not found ({detail}); check the id and the token's account"
+        return Outcome(error=Cloud66NotFoundError(message, **ctx))
+    if status == 402:
+        return Outcome(error=Cloud66ApiError(f"{where}: the Cloud 66 account needs payment ({detail})", **ctx))
+    return Outcome(error=Cloud66ApiError(f"{where}: Cloud 66 answered {detail}", **ctx))
+
+
+def transport_failure(request: ApiRequest, exc: BaseException) -> Outcome:
+    """A request that got no answer (refused, reset, timed out): always worth another try."""
+    message = f"{request.method} {request.path}: no answer from Cloud 66 ({type(exc).__name__}: {exc})"
+    return Outcome(
+        error=Cloud66ApiError(redact_text(message), method=request.method, path=request.path),
+        retryable=True,
+    )
+
+
+def _utc(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How hard one call tries: exponential backoff with full jitter, bounded in attempts and time.
+
+    :param max_attempts: attempts per call, the first included.
+    :param backoff_base: the first backoff in seconds; doubles each attempt.
+    :param backoff_max: the cap on one backoff.
+    :param total_timeout: no new attempt starts after this many seconds since the first.
+    :param max_rate_limit_wait: how long a call may wait for a spent hourly budget to reset
+        before raising :class:`Cloud66RateLimitError` so Airflow's task retry takes over.
+    """
+
+    max_attempts: int = 6
+    backoff_base: float = 0.5
+    backoff_max: float = 30.0
+    total_timeout: float = 300.0
+    max_rate_limit_wait: float = 60.0
+
+    def backoff(self, attempt: int) -> float:
+        return random.uniform(0, min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1)))
+
+
+class RateBudget:
+    """The hourly budget as last reported; shared by all calls of one hook.
+
+    When an answer says ``X-RateLimit-Remaining: 0`` the next call waits for the reset (within
+    ``max_rate_limit_wait``) instead of spending a request on a certain ``503 throttled``.
+    """
+
+    def __init__(self) -> None:
+        self.reset_at: float | None = None
+
+    def observe(self, outcome: Outcome, headers: Mapping[str, str]) -> None:
+        if outcome.reset_at is not None:
+            self.reset_at = outcome.reset_at
+        elif outcome.page is not None and outcome.page.remaining == 0:
+            self.reset_at = budget_reset_at(headers)
+        elif outcome.page is not None:
+            self.reset_at = None
+
+    def wait_before(self, request: ApiRequest, policy: RetryPolicy, now: float | None = None) -> float:
+        """Seconds to wait before sending; raises when the reset is further away than allowed."""
+        now = time.time() if now is None else now
+        if self.reset_at is None or self.reset_at <= now:
+            return 0.0
+        wait = self.reset_at - now
+        if wait > policy.max_rate_limit_wait:
+            raise Cloud66RateLimitError(
+                f"{request.method} {request.path}: the Cloud 66 hourly request budget is spent; it resets at "
+                f"{_utc(self.reset_at)}, later than the {policy.max_rate_limit_wait:.0f} s this task may wait. "
+                "Airflow's task retry (retries/retry_delay) can take over from here.",
+                reset_at=datetime.fromtimestamp(self.reset_at, timezone.utc),
+                method=request.method,
+                path=request.path,
+            )
+        return wait
+
+
+class Attempts:
+    """The retry loop's memory for one call: decides the pause after a failed attempt, or gives up."""
+
+    def __init__(self, policy: RetryPolicy, budget: RateBudget) -> None:
+        self.policy = policy
+        self.budget = budget
+        self.count = 0
+        self.started = time.monotonic()
+
+    def delay_after(self, request: ApiRequest, outcome: Outcome) -> float:
+        """Seconds to sleep before the next attempt; raises ``outcome.error`` when there is none."""
+        assert outcome.error is not None
+        self.count += 1
+        if not outcome.retryable or self.count >= self.policy.max_attempts:
+            raise outcome.error
+        if outcome.reset_at is not None:
+            delay = self.budget.wait_before(request, self.policy) + random.uniform(0, 1)
+        else:
+            delay = self.policy.backoff(self.count)
+            if outcome.retry_after is not None:
+                if outcome.retry_after > self.policy.max_rate_limit_wait:
+                    raise outcome.error
+                delay = max(delay, outcome.retry_after)
+        if time.monotonic() - self.started + delay > self.policy.total_timeout:
+            raise outcome.error
+        return delay
+

@@ -1,0 +1,61 @@
+"""Provider metadata that Airflow's ProvidersManager reads through the ``apache_airflow_provider`` entry point."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow_provider_c66 import __version__
+
+
+def get_provider_info() -> dict[str, Any]:
+    return {
+        "package-name": "airflow-provider-c66",
+        "name": "Cloud 66",
+        "description": "Cloud 66 managed database backups: create them, wait for them, archive them into S3.",
+        "versions": [__version__],
+        "integrations": [
+            {
+                "integration-name": "Cloud 66",
+                "external-doc-url": "https://help.cloud66.com/",
+                "tags": ["service"],
+            }
+        ],
+        "hooks": [
+            {"integration-name": "Cloud 66", "python-modules": ["airflow_provider_c66.hooks.cloud66"]},
+        ],
+        "operators": [
+            {"integration-name": "Cloud 66", "python-modules": ["airflow_provider_c66.operators.backups"]},
+        ],
+        "sensors": [
+            {"integration-name": "Cloud 66", "python-modules": ["airflow_provider_c66.sensors.backups"]},
+        ],
+        "triggers": [
+            {"integration-name": "Cloud 66", "python-modules": ["airflow_provider_c66.triggers.backups"]},
+        ],
+        "transfers": [
+            {
+                "source-integration-name": "Cloud 66",
+                "target-integration-name": "Amazon Simple Storage Service (S3)",
+                "python-module": "airflow_provider_c66.transfers.backup_to_s3",
+            },
+            {
+                "source-integration-name": "Amazon Simple Storage Service (S3)",
+                "target-integration-name": "Cloud 66",
+                "python-module": "airflow_provider_c66.transfers.s3_to_cloud66",
+            },
+        ],
+        "connection-types": [
+            {
+                "connection-type": "cloud66",
+                "hook-class-name": "airflow_provider_c66.hooks.cloud66.Cloud66Hook",
+                "ui-field-behaviour": {
+                    "hidden-fields": ["schema", "port", "login"],
+                    "relabeling": {"host": "API URL", "password": "Access token"},
+                    "placeholders": {
+                        "host": "https://app.cloud66.com/api/3",
+                        "password": "personal access token (scope public; admin to create or import backups)",
+                    },
+                },
+            }
+        ],
+    }

@@ -1,0 +1,1 @@
+"""Hooks of the Cloud 66 provider."""

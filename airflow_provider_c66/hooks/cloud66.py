@@ -1,0 +1,459 @@
+"""Cloud66Hook: the one place that talks to the Cloud 66 v3 Backups API.
+
+Each endpoint method names a path and parses a record; transport, retries, throttling and error
+mapping live in :mod:`airflow_provider_c66.api` and are driven by :meth:`Cloud66Hook._request`
+(``requests``) or :meth:`Cloud66Hook._arequest` (``aiohttp``, for triggers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import requests
+
+from airflow_provider_c66 import api, validation
+from airflow_provider_c66.api import ApiRequest, Attempts, Outcome, RateBudget, RetryPolicy, segment
+from airflow_provider_c66.exceptions import Cloud66ApiError, Cloud66AuthError, Cloud66InputError
+from airflow_provider_c66.models import Backup, BackupFile, parse_records
+
+try:
+    from airflow.providers.common.compat.sdk import BaseHook
+except ImportError:  # pragma: no cover - older common-compat
+    from airflow.sdk import BaseHook
+
+if TYPE_CHECKING:
+    import aiohttp
+
+DEFAULT_TIMEOUT = 60.0
+CONNECT_TIMEOUT = 10.0
+
+
+class Cloud66Hook(BaseHook):  # type: ignore[misc]
+    """Interact with the Cloud 66 v3 Backups API.
+
+    The connection's password is the access token (scope ``public`` to read, ``admin`` to create
+    or import backups); its host is the API base URL (default ``https://app.cloud66.com/api/3``).
+    Extras: ``account_id`` (sent as ``X-Account``) and ``timeout`` (read timeout in seconds).
+
+    :param cloud66_conn_id: the Airflow connection id.
+    :param retry_policy: how hard each call tries; see :class:`~airflow_provider_c66.api.RetryPolicy`.
+    """
+
+    conn_name_attr = "cloud66_conn_id"
+    default_conn_name = "cloud66_default"
+    conn_type = "cloud66"
+    hook_name = "Cloud 66"
+
+    def __init__(
+        self,
+        cloud66_conn_id: str = default_conn_name,
+        *,
+        retry_policy: RetryPolicy | None = None,
+        max_rate_limit_wait: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.cloud66_conn_id = cloud66_conn_id
+        policy = retry_policy or RetryPolicy()
+        if max_rate_limit_wait is not None:
+            policy = replace(policy, max_rate_limit_wait=max_rate_limit_wait)
+        self.retry_policy = policy
+        self.budget = RateBudget()
+        self._session: requests.Session | None = None
+        self._settings: _Settings | None = None
+
+    # --- Airflow UI ---------------------------------------------------------------------------
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        return {
+            "hidden_fields": ["schema", "port", "login"],
+            "relabeling": {"host": "API URL", "password": "Access token"},
+            "placeholders": {
+                "host": api.DEFAULT_BASE_URL,
+                "password": "personal access token (scope public; admin to create or import backups)",
+                "extra": json.dumps({"account_id": "optional account id", "timeout": DEFAULT_TIMEOUT}),
+            },
+        }
+
+    # --- connection -----------------------------------------------------------------------------
+    def _load_settings(self, conn: Any) -> _Settings:
+        return _Settings.from_connection(conn, self.cloud66_conn_id)
+
+    @property
+    def settings(self) -> _Settings:
+        if self._settings is None:
+            self._settings = self._load_settings(self.get_connection(self.cloud66_conn_id))
+        return self._settings
+
+    def get_conn(self) -> requests.Session:
+        """The hook's one ``requests.Session``: auth, headers and connection reuse for every call."""
+        if self._session is None:
+            session = requests.Session()
+            session.headers.update(self.settings.headers)
+            self._session = session
+        return self._session
+
+    # --- transport ------------------------------------------------------------------------------
+    def _request(self, request: ApiRequest) -> api.Page:
+        """Send one call with the shared retry policy; return the decoded envelope or raise."""
+        settings = self.settings
+        session = self.get_conn()
+        attempts = Attempts(self.retry_policy, self.budget)
+        while True:
+            time.sleep(self.budget.wait_before(request, self.retry_policy))
+            try:
+                response = session.request(
+                    request.method,
+                    request.url(settings.base_url),
+                    params=dict(request.params) or None,
+                    json=request.body,
+                    timeout=(CONNECT_TIMEOUT, settings.timeout),
+                    allow_redirects=False,
+                )
+                outcome = api.interpret(request, response.status_code, response.headers, response.content)
+                self.budget.observe(outcome, response.headers)
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                outcome = api.transport_failure(request, exc)
+            if outcome.page is not None:
+                return outcome.page
+            delay = attempts.delay_after(request, outcome)
+            self.log.warning("%s; retrying in %.1f s (attempt %d)", outcome.error, delay, attempts.count + 1)
+            time.sleep(delay)
+
+    async def _arequest(self, request: ApiRequest, session: aiohttp.ClientSession) -> api.Page:
+        """The async twin of :meth:`_request`: same policy and mapping, only the I/O differs."""
+        import aiohttp
+
+        settings = self.settings
+        attempts = Attempts(self.retry_policy, self.budget)
+        while True:
+            await asyncio.sleep(self.budget.wait_before(request, self.retry_policy))
+            outcome: Outcome
+            try:
+                async with session.request(
+                    request.method,
+                    request.url(settings.base_url),
+                    params={k: str(v) for k, v in request.params.items()} or None,
+                    json=request.body,
+                    headers=settings.headers,
+                    timeout=aiohttp.ClientTimeout(sock_connect=CONNECT_TIMEOUT, sock_read=settings.timeout),
+                    allow_redirects=False,
+                ) as response:
+                    body = await response.read()
+                    headers = dict(response.headers)
+                outcome = api.interpret(request, response.status, headers, body)
+                self.budget.observe(outcome, headers)
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                outcome = api.transport_failure(request, exc)
+            if outcome.page is not None:
+                return outcome.page
+            delay = attempts.delay_after(request, outcome)
+            self.log.warning("%s; retrying in %.1f s (attempt %d)", outcome.error, delay, attempts.count + 1)
+            await asyncio.sleep(delay)
+
+    async def aload_settings(self) -> None:
+        """Look the connection up without blocking the event loop (triggers call this first)."""
+        if self._settings is None:
+            conn = await self.aget_connection(self.cloud66_conn_id)
+            self._settings = self._load_settings(conn)
+
+    def _pages(self, request: ApiRequest) -> Iterator[Any]:
+        for page_number in range(1, api.MAX_PAGES + 1):
+            page = self._request(request.with_page(page_number))
+            yield page.response
+            if not page.has_next or not page.response:
+                return
+        raise Cloud66ApiError(f"{request.method} {request.path}: more than {api.MAX_PAGES} pages; giving up")
+
+    # --- requests, built once for the sync and async paths ------------------------------------------
+    @staticmethod
+    def backups_request(stack_id: str, *, db_type: str | None = None, group: int | str | None = None) -> ApiRequest:
+        """The list call, validated; shared with the trigger so both poll exactly the same way."""
+        stack = validation.stack_id(stack_id)
+        params: dict[str, str | int] = {}
+        if db_type is not None:
+            params["db_type"] = validation.db_type(db_type)
+        if group is not None:
+            params["group"] = validation.group(group)
+        return ApiRequest("GET", f"/stacks/{segment(stack)}/backups.json", params, subject=f"stack {stack!r}")
+
+    @staticmethod
+    def newest_first(backups: Sequence[Backup]) -> list[Backup]:
+        return sorted(backups, key=lambda b: (b.backup_date, b.id), reverse=True)
+
+    # --- endpoints ------------------------------------------------------------------------------
+    def list_backups(
+        self, stack_id: str, *, db_type: str | None = None, group: int | str | None = None
+    ) -> list[Backup]:
+        """Every backup of a stack (all pages), newest first by backup date.
+
+        :param stack_id: the stack UID.
+        :param db_type: only this database type (mysql, postgresql, redis, mongodb).
+        :param group: only this backup group id.
+        """
+        request = self.backups_request(stack_id, db_type=db_type, group=group)
+        records = [b for page in self._pages(request) for b in parse_records(Backup.from_api, page, "backup")]
+        return self.newest_first(records)
+
+    def latest_backups(
+        self, stack_id: str, *, db_type: str | None = None, group: int | str | None = None
+    ) -> list[Backup]:
+        """The first page only, newest first: one request, for polling within the rate budget."""
+        page = self._request(self.backups_request(stack_id, db_type=db_type, group=group).with_page(1))
+        return self.newest_first(parse_records(Backup.from_api, page.response, "backup"))
+
+    async def alatest_backups(
+        self,
+        session: aiohttp.ClientSession,
+        stack_id: str,
+        *,
+        db_type: str | None = None,
+        group: int | str | None = None,
+    ) -> list[Backup]:
+        """Async :meth:`latest_backups` for triggers."""
+        await self.aload_settings()
+        request = self.backups_request(stack_id, db_type=db_type, group=group).with_page(1)
+        page = await self._arequest(request, session)
+        return self.newest_first(parse_records(Backup.from_api, page.response, "backup"))
+
+    def get_backup(self, stack_id: str, backup_id: int | str) -> Backup:
+        """One backup by id."""
+        stack, ident = validation.stack_id(stack_id), validation.backup_id(backup_id)
+        request = ApiRequest(
+            "GET",
+            f"/stacks/{segment(stack)}/backups/{ident}.json",
+            subject=f"backup {ident} of stack {stack!r}",
+        )
+        return Backup.from_api(self._request(request).response)
+
+    def create_backup_task(
+        self,
+        stack_id: str,
+        *,
+        db_type: str | Sequence[str] = "all",
+        frequency: str | None = None,
+        keep_count: int | None = None,
+        gzip: bool | None = None,
+        excluded_tables: str | Sequence[str] | None = None,
+        run_on_replica_server: bool | None = None,
+    ) -> str:
+        """Create a scheduled backup task (needs the ``admin`` scope); returns the API's message.
+
+        Cloud 66 answers with no backup id: watch :meth:`list_backups` for a newer backup instead.
+
+        :param db_type: ``all``, one type, or a list of mysql/postgresql/redis/mongodb.
+        :param frequency: a 5-field cron expression, e.g. ``0 */1 * * *``.
+        :param keep_count: how many previous backups Cloud 66 keeps.
+        :param gzip: compress backups with gzip.
+        :param excluded_tables: tables left out of the backup (a list or comma-separated).
+        :param run_on_replica_server: back up from a replica when there is one.
+        """
+        body = self.backup_task_body(
+            db_type=db_type,
+            frequency=frequency,
+            keep_count=keep_count,
+            gzip=gzip,
+            excluded_tables=excluded_tables,
+            run_on_replica_server=run_on_replica_server,
+        )
+        return self._post_backups(validation.stack_id(stack_id), body)
+
+    @staticmethod
+    def backup_task_body(
+        *,
+        db_type: str | Sequence[str] = "all",
+        frequency: str | None = None,
+        keep_count: int | None = None,
+        gzip: bool | None = None,
+        excluded_tables: str | Sequence[str] | None = None,
+        run_on_replica_server: bool | None = None,
+    ) -> dict[str, Any]:
+        """The validated POST body of a backup task; operators call it to fail before any request."""
+        body: dict[str, Any] = {"db_type": ",".join(validation.db_types(db_type))}
+        if frequency is not None:
+            body["frequency"] = validation.cron(frequency)
+        if keep_count is not None:
+            body["keep_count"] = validation.keep_count(keep_count)
+        if gzip is not None:
+            body["gzip"] = _flag(gzip, "gzip")
+        if excluded_tables is not None:
+            body["excluded_tables"] = _tables(excluded_tables)
+        if run_on_replica_server is not None:
+            body["run_on_replica_server"] = _flag(run_on_replica_server, "run_on_replica_server")
+        return body
+
+    def import_backup(self, stack_id: str, *, group: int | str, db_type: str, remote_url: str) -> str:
+        """Import an external backup into a backup group (needs ``admin``); returns the API's message.
+
+        :param group: the backup group the imported backup joins.
+        :param db_type: its database type.
+        :param remote_url: where Cloud 66 downloads it from (https).
+        """
+        body = self.import_body(group=group, db_type=db_type, remote_url=remote_url)
+        return self._post_backups(validation.stack_id(stack_id), body)
+
+    @staticmethod
+    def import_body(*, group: int | str, db_type: str, remote_url: str) -> dict[str, Any]:
+        return {
+            "group": validation.group(group),
+            "db_type": validation.db_type(db_type),
+            "remote_url": validation.url(remote_url, "remote_url"),
+        }
+
+    def _post_backups(self, stack: str, body: dict[str, Any]) -> str:
+        request = ApiRequest("POST", f"/stacks/{segment(stack)}/backups.json", body=body, subject=f"stack {stack!r}")
+        response = self._request(request).response
+        if isinstance(response, dict) and response.get("ok") is False:
+            raise Cloud66ApiError(f"POST {request.path}: Cloud 66 refused: {response.get('message', '')}")
+        message = response.get("message") if isinstance(response, dict) else None
+        return str(message or "")
+
+    def list_backup_files(self, stack_id: str, backup_id: int | str) -> list[BackupFile]:
+        """Every file of a backup, in the order their bytes concatenate (``tar-aa`` before ``tar-ab``)."""
+        stack, ident = validation.stack_id(stack_id), validation.backup_id(backup_id)
+        request = ApiRequest(
+            "GET",
+            f"/stacks/{segment(stack)}/backups/{ident}/files.json",
+            subject=f"backup {ident} of stack {stack!r}",
+        )
+        files = [f for page in self._pages(request) for f in parse_records(BackupFile.from_api, page, "file")]
+        return sorted(files, key=lambda f: f.sort_key)
+
+    def get_backup_file_url(self, stack_id: str, backup_id: int | str, file_id: str) -> str:
+        """A short-lived signed GET URL for one backup file, with Cloud 66's ``%25`` quirk undone.
+
+        The URL's query string is a credential: it is registered with Airflow's secrets masker, and
+        this package logs such URLs only through :func:`~airflow_provider_c66.api.redact_url`.
+        """
+        stack, ident, fid = validation.stack_id(stack_id), validation.backup_id(backup_id), validation.file_id(file_id)
+        request = ApiRequest(
+            "GET",
+            f"/stacks/{segment(stack)}/backups/{ident}/files/{segment(fid)}.json",
+            subject=f"file {fid!r} of backup {ident} of stack {stack!r}",
+        )
+        response = self._request(request).response
+        url = response.get("public_url") if isinstance(response, dict) else None
+        if not isinstance(url, str) or not url.startswith(("https://", "http://")):
+            raise Cloud66ApiError(f"GET {request.path}: the answer has no usable 'public_url'")
+        url = api.undo_percent_quirk(url)
+        _mask(urlsplit(url).query)
+        self.log.debug("Signed URL for file %s of backup %s: %s", fid, ident, api.redact_url(url))
+        return url
+
+    def get_stack(self, stack_id: str) -> dict[str, Any]:
+        """A stack's record (uid, name, environment, status ...): a cheap check that the id exists."""
+        stack = validation.stack_id(stack_id)
+        response = self._request(ApiRequest("GET", f"/stacks/{segment(stack)}.json", subject=f"stack {stack!r}")).response
+        if not isinstance(response, dict):
+            raise Cloud66ApiError(f"GET /stacks/{stack}.json: expected a stack object")
+        return response
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Check the URL and token with one cheap read; never raises, says what to fix."""
+        try:
+            base_url = self.settings.base_url
+            page = self._request(ApiRequest("GET", "/stacks.json", {"page": 1}, subject="the stack list"))
+        except Cloud66InputError as exc:
+            return False, str(exc)
+        except Cloud66AuthError as exc:
+            if exc.status == 403:
+                return False, "The access token is valid but lacks the 'public' scope needed to read stacks and backups."
+            return False, "Cloud 66 rejected the access token: set the connection's password to a valid token."
+        except Cloud66ApiError as exc:
+            if exc.status == 404:
+                return False, f"No Cloud 66 API at {base_url}: the API URL should look like {api.DEFAULT_BASE_URL}."
+            if exc.status is None:
+                return False, f"Could not reach {base_url}: {exc}"
+            return False, f"Cloud 66 answered an error: {exc}"
+        except Exception as exc:  # noqa: BLE001 - test_connection must never raise
+            return False, f"Connection test failed: {type(exc).__name__}: {api.redact_text(str(exc))}"
+        count = len(page.response) if isinstance(page.response, list) else 0
+        return True, f"Connected to Cloud 66 at {base_url}; the token sees {count} stack(s) on the first page."
+
+
+class _Settings:
+    """What the hook reads from its Airflow connection, checked once."""
+
+    def __init__(self, base_url: str, token: str, account_id: str | None, timeout: float) -> None:
+        self.base_url = base_url
+        self.timeout = timeout
+        self.headers = {
+            "Authorization": f"Bearer {token}",
+            "Accept": "application/json",
+            "User-Agent": api.USER_AGENT,
+        }
+        if account_id:
+            self.headers["X-Account"] = account_id
+
+    def __repr__(self) -> str:  # never show the token
+        return f"_Settings(base_url={self.base_url!r}, timeout={self.timeout})"
+
+    @classmethod
+    def from_connection(cls, conn: Any, conn_id: str) -> _Settings:
+        token = (conn.password or "").strip()
+        if not token:
+            raise Cloud66InputError(
+                f"connection {conn_id!r}", "has no access token: put a Cloud 66 access token in its password"
+            )
+        base_url = _base_url(conn.host, conn_id)
+        extra = conn.extra_dejson if isinstance(conn.extra_dejson, dict) else {}
+        timeout = extra.get("timeout", DEFAULT_TIMEOUT)
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float, str)):
+            raise Cloud66InputError(f"connection {conn_id!r} extra 'timeout'", f"must be seconds, got {timeout!r}")
+        try:
+            seconds = float(timeout)
+        except ValueError:
+            raise Cloud66InputError(f"connection {conn_id!r} extra 'timeout'", f"must be seconds, got {timeout!r}") from None
+        if not 0 < seconds <= 3600:
+            raise Cloud66InputError(f"connection {conn_id!r} extra 'timeout'", f"must be 1-3600 seconds, got {timeout!r}")
+        account = extra.get("account_id")
+        return cls(base_url, token, str(account) if account not in (None, "") else None, seconds)
+
+
+def _base_url(host: str | None, conn_id: str) -> str:
+    if not host or not host.strip():
+        return api.DEFAULT_BASE_URL
+    text = host.strip().rstrip("/")
+    if "://" not in text:
+        text = "https://" + text
+    parts = urlsplit(text)
+    field = f"connection {conn_id!r} host"
+    if parts.scheme not in ("https", "http") or not parts.hostname or parts.query or parts.fragment:
+        raise Cloud66InputError(field, f"must be the API URL such as {api.DEFAULT_BASE_URL}, got {host!r}")
+    if parts.scheme == "http" and not validation.is_loopback_host(parts.hostname):
+        raise Cloud66InputError(field, f"must use https (plain http only to 127.0.0.1 or localhost), got {host!r}")
+    if parts.path in ("", "/"):
+        text = text + "/api/3"
+    return text
+
+
+def _flag(value: object, field: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise Cloud66InputError(field, f"must be true or false, got {value!r:.80}")
+
+
+def _tables(value: str | Sequence[str]) -> str:
+    items = value.split(",") if isinstance(value, str) else list(value)
+    names = [item.strip() for item in items if isinstance(item, str)]
+    if len(names) != len(items) or any(not n or any(c.isspace() or ord(c) < 32 for c in n) for n in names):
+        raise Cloud66InputError("excluded_tables", f"must be table names (a list or comma-separated), got {value!r:.80}")
+    return ",".join(names)
+
+
+def _mask(secret: str) -> None:
+    """Register a credential with Airflow's secrets masker so no task log line can show it."""
+    if not secret:
+        return
+    try:
+        from airflow.providers.common.compat.sdk import mask_secret
+    except ImportError:  # pragma: no cover
+        return
+    mask_secret(secret)

@@ -1,0 +1,1 @@
+"""Operators of the Cloud 66 provider."""

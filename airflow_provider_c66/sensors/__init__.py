@@ -1,0 +1,1 @@
+"""Sensors of the Cloud 66 provider."""

@@ -1,0 +1,1 @@
+"""Transfers of the Cloud 66 provider."""

@@ -1,0 +1,1 @@
+"""Triggers of the Cloud 66 provider."""
