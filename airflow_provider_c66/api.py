@@ -143,7 +143,9 @@ def _describe_error(payload: Any, body: bytes, content_type: str | None) -> tupl
     if isinstance(payload, Mapping):
         error_id = payload.get("error")
         details = payload.get("details")
-        description = details if isinstance(details, str) and details.strip() else payload.get("error_description")
+        description = (
+            details if isinstance(details, str) and details.strip() else payload.get("error_description")
+        )
         return (str(error_id) if error_id else None, str(description or "").strip())
     kind = (content_type or "unknown type").split(";")[0]
     return None, f"non-JSON answer ({kind}, {len(body)} bytes)"
@@ -169,12 +171,12 @@ def interpret(request: ApiRequest, status: int, headers: Mapping[str, str], body
     remaining = int(remaining_text) if remaining_text and remaining_text.strip().isdigit() else None
     if 200 <= status < 300:
         if not isinstance(payload, Mapping) or "response" not in payload:
-            error = Cloud66ResponseError(
+            malformed = Cloud66ResponseError(
                 f"{where}: the answer is not a Cloud 66 JSON envelope "
                 f"({_describe_error(payload, body, _header(headers, 'Content-Type'))[1]})",
                 **ctx,
             )
-            return Outcome(error=error, retryable=True)
+            return Outcome(error=malformed, retryable=True)
         pagination = payload.get("pagination")
         has_next = isinstance(pagination, Mapping) and pagination.get("next") not in (None, "", False)
         return Outcome(page=Page(payload["response"], has_next, remaining))
@@ -184,13 +186,13 @@ def interpret(request: ApiRequest, status: int, headers: Mapping[str, str], body
     detail = f"{status} {error_id + ': ' if error_id else ''}{description}".strip()
     if status == 503 and error_id == "throttled":
         reset = budget_reset_at(headers)
-        error = Cloud66RateLimitError(
+        throttled = Cloud66RateLimitError(
             f"{where}: the Cloud 66 hourly request budget is spent ({detail}); it resets at "
             f"{_utc(reset)}. Airflow's task retry (retries/retry_delay) can take over from here.",
             reset_at=datetime.fromtimestamp(reset, timezone.utc),
             **ctx,
         )
-        return Outcome(error=error, retryable=True, reset_at=reset)
+        return Outcome(error=throttled, retryable=True, reset_at=reset)
     if status == 429 or status == 408 or (status >= 500 and error_id != "not_implemented"):
         error = Cloud66ApiError(f"{where}: Cloud 66 answered {detail}", **ctx)
         return Outcome(error=error, retryable=True, retry_after=parse_retry_after(headers))
@@ -209,7 +211,9 @@ def interpret(request: ApiRequest, status: int, headers: Mapping[str, str], body
         message = f"{where}: {subject} was not found ({detail}); check the id and the token's account"
         return Outcome(error=Cloud66NotFoundError(message, **ctx))
     if status == 402:
-        return Outcome(error=Cloud66ApiError(f"{where}: the Cloud 66 account needs payment ({detail})", **ctx))
+        return Outcome(
+            error=Cloud66ApiError(f"{where}: the Cloud 66 account needs payment ({detail})", **ctx)
+        )
     return Outcome(error=Cloud66ApiError(f"{where}: Cloud 66 answered {detail}", **ctx))
 
 
@@ -310,4 +314,3 @@ class Attempts:
         if time.monotonic() - self.started + delay > self.policy.total_timeout:
             raise outcome.error
         return delay
-

@@ -6,6 +6,17 @@ from typing import Any
 
 from airflow_provider_c66 import __version__
 
+# The connection form, said once: the hook's get_ui_field_behaviour() returns this same dict.
+CONNECTION_FORM: dict[str, Any] = {
+    "hidden_fields": ["schema", "port", "login"],
+    "relabeling": {"host": "API URL", "password": "Access token"},
+    "placeholders": {
+        "host": "https://app.cloud66.com/api/3",
+        "password": "personal access token (scope public; admin to create or import backups)",
+        "extra": '{"account_id": "optional account id", "timeout": 60}',
+    },
+}
+
 
 def get_provider_info() -> dict[str, Any]:
     return {
@@ -49,12 +60,7 @@ def get_provider_info() -> dict[str, Any]:
                 "connection-type": "cloud66",
                 "hook-class-name": "airflow_provider_c66.hooks.cloud66.Cloud66Hook",
                 "ui-field-behaviour": {
-                    "hidden-fields": ["schema", "port", "login"],
-                    "relabeling": {"host": "API URL", "password": "Access token"},
-                    "placeholders": {
-                        "host": "https://app.cloud66.com/api/3",
-                        "password": "personal access token (scope public; admin to create or import backups)",
-                    },
+                    key.replace("_", "-"): value for key, value in CONNECTION_FORM.items()
                 },
             }
         ],

@@ -92,22 +92,22 @@ class _Record:
         except (TypeError, ValueError) as exc:
             raise self._fail(name, f"has an unexpected value {value!r:.80} ({exc})") from None
 
-    def int(self, name: str, *, required: bool = False, default: int = 0) -> int:
+    def read_int(self, name: str, *, required: bool = False, default: int = 0) -> int:
         return self._get(name, _to_int, required, default)
 
-    def opt_int(self, name: str) -> int | None:
+    def read_opt_int(self, name: str) -> int | None:
         return self._get(name, _to_int, False, None)
 
-    def str(self, name: str, *, required: bool = False, default: str = "") -> str:
+    def read_str(self, name: str, *, required: bool = False, default: str = "") -> str:
         return self._get(name, _to_str, required, default)
 
-    def opt_str(self, name: str) -> str | None:
+    def read_opt_str(self, name: str) -> str | None:
         return self._get(name, _to_str, False, None)
 
-    def datetime(self, name: str, *, required: bool = False) -> datetime | None:
+    def read_datetime(self, name: str, *, required: bool = False) -> datetime | None:
         return self._get(name, parse_datetime, required, None)
 
-    def opt_bool(self, name: str) -> bool | None:
+    def read_opt_bool(self, name: str) -> bool | None:
         return self._get(name, _to_bool, False, None)
 
 
@@ -130,7 +130,7 @@ def _to_int(value: object) -> int:
 def _to_str(value: object) -> str:
     if isinstance(value, str):
         return value
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     raise TypeError(f"expected a string, got {_kind(value)}")
 
@@ -203,32 +203,32 @@ class Backup:
     def from_api(cls, raw: object) -> Backup:
         """Parse one record as the API returns it; unknown fields are ignored."""
         rec = _Record("backup", raw)
-        backup_id = rec.int("id", required=True)
+        backup_id = rec.read_int("id", required=True)
         if backup_id <= 0:
             raise rec._fail("id", f"must be a positive integer, got {backup_id}")
-        backup_date = rec.datetime("backup_date_iso") or rec.datetime("created_at_iso")
+        backup_date = rec.read_datetime("backup_date_iso") or rec.read_datetime("created_at_iso")
         if backup_date is None:
             raise rec._fail("backup_date_iso", "is missing (and so is created_at_iso)")
         return cls(
             id=backup_id,
-            db_type=rec.str("db_type", required=True),
-            database_name=rec.str("database_name"),
+            db_type=rec.read_str("db_type", required=True),
+            database_name=rec.read_str("database_name"),
             backup_date=backup_date,
-            status=BackupStatus(rec.int("backup_status", required=True)),
-            result=rec.str("backup_result"),
-            server_uid=rec.str("server_uid"),
-            file_base=rec.str("file_base"),
-            storage_path=rec.str("storage_path"),
-            skip_tables=rec.str("skip_tables"),
-            backup_size=rec.int("backup_size"),
-            restore_status=RestoreStatus(rec.int("restore_status")),
-            restore_result=rec.opt_str("restore_result"),
-            verify_status=VerifyStatus(rec.int("verify_status")),
-            verify_result=rec.opt_str("verify_result"),
-            created_at=rec.datetime("created_at_iso"),
-            updated_at=rec.datetime("updated_at_iso"),
-            logical_backup=rec.opt_bool("logical_backup"),
-            group=rec.opt_int("group"),
+            status=BackupStatus(rec.read_int("backup_status", required=True)),
+            result=rec.read_str("backup_result"),
+            server_uid=rec.read_str("server_uid"),
+            file_base=rec.read_str("file_base"),
+            storage_path=rec.read_str("storage_path"),
+            skip_tables=rec.read_str("skip_tables"),
+            backup_size=rec.read_int("backup_size"),
+            restore_status=RestoreStatus(rec.read_int("restore_status")),
+            restore_result=rec.read_opt_str("restore_result"),
+            verify_status=VerifyStatus(rec.read_int("verify_status")),
+            verify_result=rec.read_opt_str("verify_result"),
+            created_at=rec.read_datetime("created_at_iso"),
+            updated_at=rec.read_datetime("updated_at_iso"),
+            logical_backup=rec.read_opt_bool("logical_backup"),
+            group=rec.read_opt_int("group"),
         )
 
     from_dict = from_api
@@ -274,10 +274,10 @@ class BackupFile:
     @classmethod
     def from_api(cls, raw: object) -> BackupFile:
         rec = _Record("backup file", raw)
-        file_id = rec.str("id", required=True)
+        file_id = rec.read_str("id", required=True)
         if not file_id:
             raise rec._fail("id", "is empty")
-        name = rec.str("name") or file_id
+        name = rec.read_str("name") or file_id
         match = _ID_PART.search(file_id) or _NAME_PART.search(name)
         suffix = match.group(match.lastindex or 1) if match else ""
         return cls(id=file_id, name=name, part_suffix=suffix)

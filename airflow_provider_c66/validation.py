@@ -78,7 +78,8 @@ def db_types(value: object, field: str = "db_type", *, allow_all: bool = True) -
     cleaned = [item.strip().lower() if isinstance(item, str) else item for item in items]
     if not cleaned or any(item not in allowed for item in cleaned):
         raise Cloud66InputError(
-            field, f"must be one or more of {', '.join(allowed)} (a list or comma-separated), got {_describe(value)}"
+            field,
+            f"must be one or more of {', '.join(allowed)} (a list or comma-separated), got {_describe(value)}",
         )
     if "all" in cleaned and len(cleaned) > 1:
         raise Cloud66InputError(field, f"'all' cannot be combined with other types, got {_describe(value)}")
@@ -102,9 +103,11 @@ def cron(value: object, field: str = "frequency") -> str:
     parts = value.split()
     if len(parts) != 5:
         raise Cloud66InputError(field, f"{problem}, got {len(parts)} fields in {value!r:.80}")
-    for text, (name, low, high, names) in zip(parts, _CRON_FIELDS):
+    for text, (name, low, high, names) in zip(parts, _CRON_FIELDS, strict=True):
         if not _cron_field_ok(text.lower(), low, high, names):
-            raise Cloud66InputError(field, f"{problem}; the {name} field {text!r} is not valid ({low}-{high})")
+            raise Cloud66InputError(
+                field, f"{problem}; the {name} field {text!r} is not valid ({low}-{high})"
+            )
     return " ".join(parts)
 
 
@@ -157,7 +160,9 @@ def url(value: object, field: str, *, what: str = "URL") -> str:
     if not host or parts.scheme not in ("https", "http") or any(c.isspace() for c in value.strip()):
         raise Cloud66InputError(field, f"must be an https {what}, got {_redacted(value)}")
     if parts.scheme == "http" and not is_loopback_host(host):
-        raise Cloud66InputError(field, f"must use https (plain http only to 127.0.0.1 or localhost), got {host}")
+        raise Cloud66InputError(
+            field, f"must use https (plain http only to 127.0.0.1 or localhost), got {host}"
+        )
     if parts.scheme == "https" and _is_private_host(host):
         raise Cloud66InputError(field, f"must point to a public host that Cloud 66 can reach, got {host}")
     return value.strip()

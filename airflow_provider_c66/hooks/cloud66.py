@@ -8,7 +8,7 @@ mapping live in :mod:`airflow_provider_c66.api` and are driven by :meth:`Cloud66
 from __future__ import annotations
 
 import asyncio
-import json
+import copy
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
@@ -70,15 +70,9 @@ class Cloud66Hook(BaseHook):  # type: ignore[misc]
     # --- Airflow UI ---------------------------------------------------------------------------
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        return {
-            "hidden_fields": ["schema", "port", "login"],
-            "relabeling": {"host": "API URL", "password": "Access token"},
-            "placeholders": {
-                "host": api.DEFAULT_BASE_URL,
-                "password": "personal access token (scope public; admin to create or import backups)",
-                "extra": json.dumps({"account_id": "optional account id", "timeout": DEFAULT_TIMEOUT}),
-            },
-        }
+        from airflow_provider_c66.get_provider_info import CONNECTION_FORM
+
+        return copy.deepcopy(CONNECTION_FORM)
 
     # --- connection -----------------------------------------------------------------------------
     def _load_settings(self, conn: Any) -> _Settings:
@@ -117,7 +111,11 @@ class Cloud66Hook(BaseHook):  # type: ignore[misc]
                 )
                 outcome = api.interpret(request, response.status_code, response.headers, response.content)
                 self.budget.observe(outcome, response.headers)
-            except (requests.ConnectionError, requests.Timeout) as exc:
+            except (
+                requests.ConnectionError,
+                requests.Timeout,
+                requests.exceptions.ChunkedEncodingError,
+            ) as exc:
                 outcome = api.transport_failure(request, exc)
             if outcome.page is not None:
                 return outcome.page
@@ -172,7 +170,9 @@ class Cloud66Hook(BaseHook):  # type: ignore[misc]
 
     # --- requests, built once for the sync and async paths ------------------------------------------
     @staticmethod
-    def backups_request(stack_id: str, *, db_type: str | None = None, group: int | str | None = None) -> ApiRequest:
+    def backups_request(
+        stack_id: str, *, db_type: str | None = None, group: int | str | None = None
+    ) -> ApiRequest:
         """The list call, validated; shared with the trigger so both poll exactly the same way."""
         stack = validation.stack_id(stack_id)
         params: dict[str, str | int] = {}
@@ -306,7 +306,9 @@ class Cloud66Hook(BaseHook):  # type: ignore[misc]
         }
 
     def _post_backups(self, stack: str, body: dict[str, Any]) -> str:
-        request = ApiRequest("POST", f"/stacks/{segment(stack)}/backups.json", body=body, subject=f"stack {stack!r}")
+        request = ApiRequest(
+            "POST", f"/stacks/{segment(stack)}/backups.json", body=body, subject=f"stack {stack!r}"
+        )
         response = self._request(request).response
         if isinstance(response, dict) and response.get("ok") is False:
             raise Cloud66ApiError(f"POST {request.path}: Cloud 66 refused: {response.get('message', '')}")
@@ -330,7 +332,11 @@ class Cloud66Hook(BaseHook):  # type: ignore[misc]
         The URL's query string is a credential: it is registered with Airflow's secrets masker, and
         this package logs such URLs only through :func:`~airflow_provider_c66.api.redact_url`.
         """
-        stack, ident, fid = validation.stack_id(stack_id), validation.backup_id(backup_id), validation.file_id(file_id)
+        stack, ident, fid = (
+            validation.stack_id(stack_id),
+            validation.backup_id(backup_id),
+            validation.file_id(file_id),
+        )
         request = ApiRequest(
             "GET",
             f"/stacks/{segment(stack)}/backups/{ident}/files/{segment(fid)}.json",
@@ -341,14 +347,16 @@ class Cloud66Hook(BaseHook):  # type: ignore[misc]
         if not isinstance(url, str) or not url.startswith(("https://", "http://")):
             raise Cloud66ApiError(f"GET {request.path}: the answer has no usable 'public_url'")
         url = api.undo_percent_quirk(url)
-        _mask(urlsplit(url).query)
+        mask_credential(urlsplit(url).query)
         self.log.debug("Signed URL for file %s of backup %s: %s", fid, ident, api.redact_url(url))
         return url
 
     def get_stack(self, stack_id: str) -> dict[str, Any]:
         """A stack's record (uid, name, environment, status ...): a cheap check that the id exists."""
         stack = validation.stack_id(stack_id)
-        response = self._request(ApiRequest("GET", f"/stacks/{segment(stack)}.json", subject=f"stack {stack!r}")).response
+        response = self._request(
+            ApiRequest("GET", f"/stacks/{segment(stack)}.json", subject=f"stack {stack!r}")
+        ).response
         if not isinstance(response, dict):
             raise Cloud66ApiError(f"GET /stacks/{stack}.json: expected a stack object")
         return response
@@ -362,18 +370,30 @@ class Cloud66Hook(BaseHook):  # type: ignore[misc]
             return False, str(exc)
         except Cloud66AuthError as exc:
             if exc.status == 403:
-                return False, "The access token is valid but lacks the 'public' scope needed to read stacks and backups."
-            return False, "Cloud 66 rejected the access token: set the connection's password to a valid token."
+                return (
+                    False,
+                    "The access token is valid but lacks the 'public' scope needed to read stacks and backups.",
+                )
+            return (
+                False,
+                "Cloud 66 rejected the access token: set the connection's password to a valid token.",
+            )
         except Cloud66ApiError as exc:
             if exc.status == 404:
-                return False, f"No Cloud 66 API at {base_url}: the API URL should look like {api.DEFAULT_BASE_URL}."
+                return (
+                    False,
+                    f"No Cloud 66 API at {base_url}: the API URL should look like {api.DEFAULT_BASE_URL}.",
+                )
             if exc.status is None:
                 return False, f"Could not reach {base_url}: {exc}"
             return False, f"Cloud 66 answered an error: {exc}"
-        except Exception as exc:  # noqa: BLE001 - test_connection must never raise
+        except Exception as exc:
             return False, f"Connection test failed: {type(exc).__name__}: {api.redact_text(str(exc))}"
         count = len(page.response) if isinstance(page.response, list) else 0
-        return True, f"Connected to Cloud 66 at {base_url}; the token sees {count} stack(s) on the first page."
+        return (
+            True,
+            f"Connected to Cloud 66 at {base_url}; the token sees {count} stack(s) on the first page.",
+        )
 
 
 class _Settings:
@@ -404,13 +424,19 @@ class _Settings:
         extra = conn.extra_dejson if isinstance(conn.extra_dejson, dict) else {}
         timeout = extra.get("timeout", DEFAULT_TIMEOUT)
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float, str)):
-            raise Cloud66InputError(f"connection {conn_id!r} extra 'timeout'", f"must be seconds, got {timeout!r}")
+            raise Cloud66InputError(
+                f"connection {conn_id!r} extra 'timeout'", f"must be seconds, got {timeout!r}"
+            )
         try:
             seconds = float(timeout)
         except ValueError:
-            raise Cloud66InputError(f"connection {conn_id!r} extra 'timeout'", f"must be seconds, got {timeout!r}") from None
+            raise Cloud66InputError(
+                f"connection {conn_id!r} extra 'timeout'", f"must be seconds, got {timeout!r}"
+            ) from None
         if not 0 < seconds <= 3600:
-            raise Cloud66InputError(f"connection {conn_id!r} extra 'timeout'", f"must be 1-3600 seconds, got {timeout!r}")
+            raise Cloud66InputError(
+                f"connection {conn_id!r} extra 'timeout'", f"must be 1-3600 seconds, got {timeout!r}"
+            )
         account = extra.get("account_id")
         return cls(base_url, token, str(account) if account not in (None, "") else None, seconds)
 
@@ -426,7 +452,9 @@ def _base_url(host: str | None, conn_id: str) -> str:
     if parts.scheme not in ("https", "http") or not parts.hostname or parts.query or parts.fragment:
         raise Cloud66InputError(field, f"must be the API URL such as {api.DEFAULT_BASE_URL}, got {host!r}")
     if parts.scheme == "http" and not validation.is_loopback_host(parts.hostname):
-        raise Cloud66InputError(field, f"must use https (plain http only to 127.0.0.1 or localhost), got {host!r}")
+        raise Cloud66InputError(
+            field, f"must use https (plain http only to 127.0.0.1 or localhost), got {host!r}"
+        )
     if parts.path in ("", "/"):
         text = text + "/api/3"
     return text
@@ -444,11 +472,13 @@ def _tables(value: str | Sequence[str]) -> str:
     items = value.split(",") if isinstance(value, str) else list(value)
     names = [item.strip() for item in items if isinstance(item, str)]
     if len(names) != len(items) or any(not n or any(c.isspace() or ord(c) < 32 for c in n) for n in names):
-        raise Cloud66InputError("excluded_tables", f"must be table names (a list or comma-separated), got {value!r:.80}")
+        raise Cloud66InputError(
+            "excluded_tables", f"must be table names (a list or comma-separated), got {value!r:.80}"
+        )
     return ",".join(names)
 
 
-def _mask(secret: str) -> None:
+def mask_credential(secret: str) -> None:
     """Register a credential with Airflow's secrets masker so no task log line can show it."""
     if not secret:
         return

@@ -1,0 +1,347 @@
+"""Operators that create a Cloud 66 backup task or import an external backup, and can wait for it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from datetime import timedelta
+from functools import cached_property
+from typing import Any
+
+from airflow.providers.common.compat.sdk import (
+    AirflowException,
+    AirflowFailException,
+    BaseOperator,
+    Context,
+    ResumableJobMixin,
+    conf,
+)
+
+from airflow_provider_c66 import api, validation, watermark
+from airflow_provider_c66.hooks.cloud66 import Cloud66Hook
+from airflow_provider_c66.models import Backup
+from airflow_provider_c66.triggers.backups import Cloud66BackupTrigger, read_event
+from airflow_provider_c66.watermark import BackupWait, Verdict
+
+DEFAULT_TIMEOUT = 24 * 60 * 60.0
+"""How long a wait lasts by default: a new task's first scheduled run may be up to its cron period away."""
+
+_NOT_YET: Any = object()
+
+
+class _BackupPostOperator(ResumableJobMixin, BaseOperator):  # type: ignore[misc]
+    """POST to ``/stacks/{id}/backups`` once, then optionally wait for a backup newer than a watermark.
+
+    Cloud 66 answers the POST with no backup id, so before it the operator records a watermark (the
+    newest backup, date and id, per awaited database type) and afterwards waits for newer backups.
+    The watermark and the API's message are the "job" that Airflow's task state store keeps (key
+    ``cloud66_backup_post``) so that a retry resumes the wait instead of POSTing again.
+    """
+
+    external_id_key = "cloud66_backup_post"
+
+    def __init__(
+        self,
+        *,
+        stack_id: str,
+        wait_for_completion: bool = False,
+        poll_interval: float = watermark.DEFAULT_POLL_INTERVAL,
+        timeout: float = DEFAULT_TIMEOUT,
+        cloud66_conn_id: str = Cloud66Hook.default_conn_name,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.stack_id = stack_id
+        self.wait_for_completion = wait_for_completion
+        self.poll_interval = poll_interval
+        self.timeout = timeout
+        self.cloud66_conn_id = cloud66_conn_id
+        self.deferrable = deferrable
+        self._verdict: Verdict | None = None
+        self._result: Any = _NOT_YET
+
+    # --- what subclasses say ----------------------------------------------------------------------
+    def validate(self) -> None:
+        """Check every rendered argument; raise Cloud66InputError before any request."""
+        self.stack_id = validation.stack_id(self.stack_id)
+        self.wait_for_completion = watermark.flag(self.wait_for_completion, "wait_for_completion")
+        self.poll_interval = watermark.seconds(self.poll_interval, "poll_interval")
+        self.timeout = watermark.seconds(self.timeout, "timeout")
+
+    def take_watermark(self) -> BackupWait:
+        raise NotImplementedError
+
+    def post(self) -> str:
+        raise NotImplementedError
+
+    def result_of(self, backups: Sequence[Backup]) -> Any:
+        raise NotImplementedError
+
+    @cached_property
+    def hook(self) -> Cloud66Hook:
+        return Cloud66Hook(self.cloud66_conn_id, retry_policy=watermark.polling_policy(self.poll_interval))
+
+    # --- Airflow entry points ---------------------------------------------------------------------
+    def execute(self, context: Context) -> Any:
+        self.validate()
+        if self.retries and not getattr(self, "durable", False):
+            self.log.warning(
+                "This task has retries but no durable state (Airflow < 3.3, or durable=False): a retry "
+                "POSTs to Cloud 66 again and so creates a second backup task."
+            )
+        return self.execute_resumable(context)
+
+    def execute_complete(self, context: Context, event: Any = None) -> Any:
+        """Resume after the trigger: the new backup(s) on success, else a clear error."""
+        result = read_event(event)
+        if result.status == "success":
+            self.log.info("%s", result.message)
+            return self.result_of(result.backups)
+        if result.status == "failed":
+            raise AirflowFailException(result.message)
+        raise AirflowException(result.message)
+
+    # --- ResumableJobMixin: the "job" is {"message": ..., "wait": BackupWait JSON or None} ----------
+    def submit_job(self, context: Context) -> dict[str, Any]:
+        wait = self.take_watermark() if self.wait_for_completion else None
+        if wait is not None:
+            self.log.info("Watermark before the POST: %s", wait.describe())
+        message = self.post()
+        self.log.info("Cloud 66 answered: %s", message)
+        return {"message": message, "wait": wait.to_json() if wait else None}
+
+    def get_job_status(self, external_id: Any, context: Context) -> str:
+        self.log.info("Already POSTed in an earlier try; not POSTing again")
+        wait = _wait_of(external_id)
+        if wait is None:
+            return "success"
+        self._verdict = watermark.poll(self.hook, wait, self.log)
+        return self._verdict.status if self._verdict else "waiting"
+
+    def is_job_active(self, status: str) -> bool:
+        # A backup task, once created, is never POSTed again: anything but success resumes the wait.
+        return status != "success"
+
+    def is_job_succeeded(self, status: str) -> bool:
+        return status == "success"
+
+    def poll_until_complete(self, external_id: Any, context: Context) -> Any:
+        self._result = self._await(external_id)
+        return self._result
+
+    def get_job_result(self, external_id: Any, context: Context) -> Any:
+        if self._result is not _NOT_YET:
+            return self._result
+        wait = _wait_of(external_id)  # an earlier try POSTed and the backups have arrived since
+        if wait is None or self._verdict is None:
+            return _message_of(external_id)
+        return self._finish(wait, self._verdict)
+
+    # --- waiting ----------------------------------------------------------------------------------
+    def _await(self, external_id: Any) -> Any:
+        wait = _wait_of(external_id)
+        if wait is None:
+            return _message_of(external_id)
+        if self.deferrable:
+            trigger = Cloud66BackupTrigger.for_wait(
+                wait,
+                timeout=self.timeout,
+                poll_interval=self.poll_interval,
+                cloud66_conn_id=self.cloud66_conn_id,
+            )
+            backstop = timedelta(seconds=self.timeout + max(60.0, 2 * self.poll_interval))
+            self.defer(trigger=trigger, method_name="execute_complete", timeout=backstop)
+        deadline = time.monotonic() + self.timeout
+        while True:
+            verdict = watermark.poll(self.hook, wait, self.log)
+            if verdict is not None and verdict.done:
+                return self._finish(wait, verdict)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AirflowException(watermark.timeout_message(wait, self.timeout))
+            time.sleep(min(self.poll_interval, remaining))
+
+    def _finish(self, wait: BackupWait, verdict: Verdict) -> Any:
+        message = watermark.outcome_message(wait, verdict)
+        if verdict.status == "failed":
+            # A retry cannot change a finished backup's outcome, and must not POST again.
+            raise AirflowFailException(message)
+        self.log.info("%s", message)
+        return self.result_of(verdict.backups)
+
+
+def _wait_of(external_id: Any) -> BackupWait | None:
+    if not isinstance(external_id, dict) or "message" not in external_id:
+        raise AirflowException(f"Unreadable Cloud 66 task state {external_id!r:.200}")
+    raw = external_id.get("wait")
+    return BackupWait.from_json(raw) if raw else None
+
+
+def _message_of(external_id: Any) -> str:
+    return str(external_id.get("message", ""))
+
+
+class Cloud66CreateBackupOperator(_BackupPostOperator):
+    """Create a Cloud 66 backup task and optionally wait for the backups it makes.
+
+    Cloud 66 creates a *scheduled* backup task (cron ``frequency``) and answers with no backup id.
+    With ``wait_for_completion`` the operator first records a watermark, the newest backup (date,
+    id) per requested database type, then after the POST waits until every requested type has a
+    newer backup and returns those backups (``Backup.to_dict()`` each, one per type) as its XCom
+    value. ``db_type="all"`` means the types the stack already has backups of; on a stack with no
+    backup yet the types cannot be known, so the wait ends at the first new backup of any type.
+    A failed backup (status 1) fails the task at once, without retries, with Cloud 66's
+    ``backup_result``. Without waiting, the XCom value is the API's message.
+
+    **Retries.** On Airflow 3.3+ the POST's watermark and message are kept in the task state store
+    (``ResumableJobMixin``, key ``cloud66_backup_post``) as soon as the POST succeeds: a retry
+    resumes the wait and never POSTs again; a task cleared after it succeeded returns the same
+    result without a POST (set ``[state_store] clear_on_success`` to make a cleared task POST anew).
+    On Airflow < 3.3 (or with ``durable=False``) there is nowhere durable to keep that: **each try
+    POSTs again and creates another backup task**, and Cloud 66's API cannot tell whether a task
+    already exists (it lists backups, not backup tasks), so the operator cannot check. There, set
+    ``retries=0`` on this operator and wait in a downstream :class:`Cloud66BackupSensor` (which may
+    retry freely: its default watermark is the start of the run's data interval).
+
+    :param stack_id: the stack UID.
+    :param db_type: ``all``, one type, or a list (or comma-separated string) of mysql, postgresql,
+        redis, mongodb.
+    :param frequency: the task's 5-field cron schedule, e.g. ``0 */1 * * *``.
+    :param keep_count: how many previous backups Cloud 66 keeps.
+    :param gzip: compress the backups with gzip.
+    :param excluded_tables: tables left out of the backup (a list or comma-separated).
+    :param run_on_replica_server: back up from a replica when there is one.
+    :param wait_for_completion: wait for the new backups and return them.
+    :param poll_interval: seconds between two list requests while waiting (default 150: 100
+        concurrent waits stay at 2,400 of Cloud 66's 3,000 requests an hour).
+    :param timeout: seconds to wait before failing (default 24 hours).
+    :param cloud66_conn_id: the Cloud 66 connection id (its token needs the ``admin`` scope).
+    :param deferrable: wait in the triggerer; default ``[operators] default_deferrable``.
+    """
+
+    template_fields: Sequence[str] = (
+        "stack_id",
+        "db_type",
+        "frequency",
+        "keep_count",
+        "gzip",
+        "excluded_tables",
+        "run_on_replica_server",
+        "wait_for_completion",
+        "poll_interval",
+        "timeout",
+        "cloud66_conn_id",
+    )
+    ui_color = "#2f9fd6"
+
+    def __init__(
+        self,
+        *,
+        stack_id: str,
+        db_type: str | Sequence[str] = "all",
+        frequency: str | None = None,
+        keep_count: int | str | None = None,
+        gzip: bool | str | None = None,
+        excluded_tables: str | Sequence[str] | None = None,
+        run_on_replica_server: bool | str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(stack_id=stack_id, **kwargs)
+        self.db_type = db_type
+        self.frequency = frequency
+        self.keep_count = keep_count
+        self.gzip = gzip
+        self.excluded_tables = excluded_tables
+        self.run_on_replica_server = run_on_replica_server
+
+    def _task_args(self) -> dict[str, Any]:
+        return {
+            "db_type": self.db_type,
+            "frequency": self.frequency,
+            "keep_count": self.keep_count,
+            "gzip": self.gzip,
+            "excluded_tables": self.excluded_tables,
+            "run_on_replica_server": self.run_on_replica_server,
+        }
+
+    def validate(self) -> None:
+        super().validate()
+        Cloud66Hook.backup_task_body(**self._task_args())
+
+    def take_watermark(self) -> BackupWait:
+        types = validation.db_types(self.db_type)
+        one_type = types[0] if len(types) == 1 and types != ["all"] else None
+        existing = self.hook.list_backups(self.stack_id, db_type=one_type)
+        marks = watermark.watermarks_before(existing, types)
+        return BackupWait(self.stack_id, marks, db_type=one_type)
+
+    def post(self) -> str:
+        return self.hook.create_backup_task(self.stack_id, **self._task_args())
+
+    def result_of(self, backups: Sequence[Backup]) -> list[dict[str, Any]]:
+        return [b.to_dict() for b in backups]
+
+
+class Cloud66ImportBackupOperator(_BackupPostOperator):
+    """Import an external backup into a Cloud 66 backup group, and optionally wait for it.
+
+    Returns the API's message ("Your external backup queued for upload"); with
+    ``wait_for_completion`` it first records a watermark (the newest backup of that type in that
+    group), then waits for a newer one and returns it (``Backup.to_dict()``). A failed import fails
+    the task at once with Cloud 66's ``backup_result``. Retries behave as for
+    :class:`Cloud66CreateBackupOperator`: never a second POST on Airflow 3.3+, one per try below.
+
+    :param stack_id: the stack UID.
+    :param group: the backup group the imported backup joins.
+    :param db_type: its database type (mysql, postgresql, redis or mongodb).
+    :param remote_url: where Cloud 66 downloads the backup from: https (plain http only to a
+        loopback host, for local testing). Its query string may be a credential: it is never logged.
+    :param wait_for_completion: wait for the imported backup and return it.
+    :param poll_interval: seconds between two list requests while waiting (default 150).
+    :param timeout: seconds to wait before failing (default 24 hours).
+    :param cloud66_conn_id: the Cloud 66 connection id (its token needs the ``admin`` scope).
+    :param deferrable: wait in the triggerer; default ``[operators] default_deferrable``.
+    """
+
+    template_fields: Sequence[str] = (
+        "stack_id",
+        "group",
+        "db_type",
+        "remote_url",
+        "wait_for_completion",
+        "poll_interval",
+        "timeout",
+        "cloud66_conn_id",
+    )
+    ui_color = "#2f9fd6"
+
+    def __init__(
+        self, *, stack_id: str, group: int | str, db_type: str, remote_url: str, **kwargs: Any
+    ) -> None:
+        super().__init__(stack_id=stack_id, **kwargs)
+        self.group = group
+        self.db_type = db_type
+        self.remote_url = remote_url
+        self._body: dict[str, Any] = {}
+
+    def validate(self) -> None:
+        super().validate()
+        self._body = Cloud66Hook.import_body(
+            group=self.group, db_type=self.db_type, remote_url=self.remote_url
+        )
+
+    def take_watermark(self) -> BackupWait:
+        group, db_type = self._body["group"], self._body["db_type"]
+        existing = self.hook.list_backups(self.stack_id, db_type=db_type, group=group)
+        marks = watermark.watermarks_before(existing, [db_type])
+        return BackupWait(self.stack_id, marks, db_type=db_type, group=group)
+
+    def post(self) -> str:
+        self.log.info(
+            "Importing %s into group %s", api.redact_url(self._body["remote_url"]), self._body["group"]
+        )
+        return self.hook.import_backup(self.stack_id, **self._body)
+
+    def result_of(self, backups: Sequence[Backup]) -> dict[str, Any]:
+        return backups[0].to_dict()

@@ -1,0 +1,163 @@
+"""What an archived backup looks like in S3: key layout, safe names, the manifest.
+
+Pure functions with no Airflow and no I/O, so the layout can be tested (and read) on its own.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import string
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from airflow_provider_c66 import __version__
+from airflow_provider_c66.exceptions import Cloud66InputError
+from airflow_provider_c66.models import Backup
+
+DEFAULT_KEY_PREFIX = "cloud66/{stack_id}/{db_type}/{database_name}/{YYYY}/{MM}/{DD}/{backup_id}/"
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = 1
+# Object metadata that marks an object as written by this package for one backup: a re-run may
+# replace such an object (an interrupted earlier try), never someone else's.
+META_STACK = "c66-stack-id"
+META_BACKUP = "c66-backup-id"
+
+STORAGE_CLASSES = (
+    "STANDARD",
+    "STANDARD_IA",
+    "ONEZONE_IA",
+    "INTELLIGENT_TIERING",
+    "GLACIER",
+    "GLACIER_IR",
+    "DEEP_ARCHIVE",
+    "REDUCED_REDUNDANCY",
+)
+SSE_MODES = ("AES256", "aws:kms", "aws:kms:dsse")
+PLACEHOLDERS = ("stack_id", "db_type", "database_name", "backup_id", "YYYY", "MM", "DD")
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._=+-]")
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+
+def safe_segment(value: str) -> str:
+    """One key segment from text the API controls: no ``/``, no ``..``, no control characters."""
+    cleaned = _UNSAFE.sub("_", value).strip(".")
+    return cleaned or "_"
+
+
+def bucket_name(value: object, field: str = "s3_bucket") -> str:
+    if not isinstance(value, str) or not _BUCKET.fullmatch(value) or ".." in value:
+        raise Cloud66InputError(
+            field,
+            f"must be an S3 bucket name (3-63 lowercase letters, digits, '.' or '-'), got {value!r:.80}",
+        )
+    return value
+
+
+def key_prefix(template: object, backup: Backup, stack_id: str, field: str = "s3_key_prefix") -> str:
+    """Fill the prefix template's ``{placeholders}`` with the backup's (sanitised) values.
+
+    The result never starts with ``/``, never contains an empty, ``.`` or ``..`` segment, and ends in ``/``.
+    """
+    if not isinstance(template, str) or not template.strip():
+        raise Cloud66InputError(field, f"must be a non-empty key prefix, got {template!r:.80}")
+    check_prefix_template(template, field)
+    date = backup.backup_date.astimezone(timezone.utc)
+    values = {
+        "stack_id": safe_segment(stack_id),
+        "db_type": safe_segment(backup.db_type),
+        "database_name": safe_segment(backup.database_name or "default"),
+        "backup_id": str(backup.id),
+        "YYYY": f"{date.year:04d}",
+        "MM": f"{date.month:02d}",
+        "DD": f"{date.day:02d}",
+    }
+    prefix = template.strip().format_map(values)
+    return prefix if prefix.endswith("/") else prefix + "/"
+
+
+def check_prefix_template(template: str, field: str = "s3_key_prefix") -> None:
+    """Refuse a prefix that could escape its place in the bucket, before anything is sent."""
+    try:
+        names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as exc:
+        raise Cloud66InputError(field, f"has unbalanced braces ({exc})") from None
+    unknown = sorted({n for n in names if n not in PLACEHOLDERS})
+    if unknown:
+        raise Cloud66InputError(field, f"knows the placeholders {', '.join(PLACEHOLDERS)}; got {unknown}")
+    if template.startswith("/") or "\\" in template or any(ord(c) < 32 or ord(c) == 127 for c in template):
+        raise Cloud66InputError(
+            field, f"must be a relative key without control characters, got {template!r:.80}"
+        )
+    segments = template.rstrip("/").split("/")
+    if any(seg in ("", ".", "..") for seg in segments):
+        raise Cloud66InputError(field, f"must not contain empty, '.' or '..' segments, got {template!r:.80}")
+    if len(template) > 700:
+        raise Cloud66InputError(field, "must be at most 700 characters")
+
+
+def object_name(file_name: str) -> str:
+    """An object's name from a file name the API gave: its last segment, made safe."""
+    return safe_segment(file_name.replace("\\", "/").rsplit("/", 1)[-1])
+
+
+def s3_uri(bucket: str, key: str) -> str:
+    return f"s3://{bucket}/{key}"
+
+
+@dataclass(frozen=True)
+class ArchivedObject:
+    """One object of an archive and the source files whose bytes it holds, in order."""
+
+    key: str
+    size: int
+    etag: str
+    sha256: str
+    sources: tuple[tuple[str, str, int], ...]  # (file id, file name, size)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "size": self.size,
+            "etag": self.etag,
+            "sha256": self.sha256,
+            "sources": [{"file_id": fid, "name": name, "size": size} for fid, name, size in self.sources],
+        }
+
+
+def build_manifest(
+    stack_id: str, backup: Backup, objects: Sequence[ArchivedObject], *, joined: bool
+) -> bytes:
+    """The manifest, written last: its presence marks a complete archive."""
+    document = {
+        "format": MANIFEST_FORMAT,
+        "package": "airflow-provider-c66",
+        "package_version": __version__,
+        "created_at": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
+        "stack_id": stack_id,
+        "backup": backup.to_dict(),
+        "join_parts": joined,
+        "sources": [
+            {"file_id": fid, "name": name, "size": size} for obj in objects for fid, name, size in obj.sources
+        ],
+        "objects": [obj.to_dict() for obj in objects],
+        "total_size": sum(obj.size for obj in objects),
+        "sha256": objects[0].sha256 if joined and len(objects) == 1 else None,
+    }
+    return json.dumps(document, indent=2, sort_keys=True).encode()
+
+
+def manifest_matches(document: Mapping[str, Any], stack_id: str, backup_id: int, keys: Sequence[str]) -> bool:
+    """Whether a manifest found in S3 describes this very archive (same stack, backup and keys)."""
+    try:
+        return (
+            document.get("format") == MANIFEST_FORMAT
+            and document.get("stack_id") == stack_id
+            and document["backup"]["id"] == backup_id
+            and [obj["key"] for obj in document["objects"]] == list(keys)
+        )
+    except (KeyError, TypeError):
+        return False

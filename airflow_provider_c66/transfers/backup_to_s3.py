@@ -1,0 +1,358 @@
+"""Cloud66BackupToS3Operator: archive one Cloud 66 backup into an S3 bucket, verified and idempotent.
+
+The bytes move in :mod:`airflow_provider_c66.transfers.copy_engine` (no Airflow there); this module
+decides what to copy where, makes re-runs safe, writes the manifest and declares the assets.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
+
+from airflow_provider_c66 import validation
+from airflow_provider_c66.exceptions import Cloud66InputError
+from airflow_provider_c66.hooks.cloud66 import Cloud66Hook
+from airflow_provider_c66.models import Backup, BackupFile
+from airflow_provider_c66.transfers import archive
+from airflow_provider_c66.transfers.archive import ArchivedObject
+
+try:
+    from airflow.providers.common.compat.sdk import AirflowException, AssetAlias, BaseOperator
+except ImportError:  # pragma: no cover
+    from airflow.sdk import AssetAlias, BaseOperator
+    from airflow.sdk.exceptions import AirflowException
+
+if TYPE_CHECKING:
+    from airflow_provider_c66.transfers.copy_engine import CopySettings
+
+MiB = 1024 * 1024
+DEFAULT_PART_SIZE = 8 * MiB
+DEFAULT_MAX_CONCURRENCY = 4
+DEFAULT_ASSET_ALIAS = "cloud66-backup-archives"
+
+
+class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
+    """Copy a Cloud 66 backup's files into S3 through short-lived signed URLs.
+
+    Bytes stream through ranged GETs into an S3 multipart upload, ``max_concurrency`` parts at a
+    time (memory stays near ``max_concurrency × part_size``), are checked part by part, and the
+    object appears only once complete. A ``manifest.json`` is written last under the prefix; a
+    re-run that finds a matching manifest copies nothing and returns the same URIs.
+
+    :param stack_id: the stack UID.
+    :param backup_id: the backup id, or a ``Backup.to_dict()`` dict such as the sensor's XCom value.
+    :param s3_bucket: the destination bucket.
+    :param s3_key_prefix: where the archive goes; ``{stack_id}``, ``{db_type}``, ``{database_name}``,
+        ``{backup_id}``, ``{YYYY}``, ``{MM}`` and ``{DD}`` are filled from the backup.
+    :param aws_conn_id: the Amazon connection (``S3Hook``).
+    :param cloud66_conn_id: the Cloud 66 connection.
+    :param join_parts: True: one object holding split parts concatenated in order, named after the
+        archive; False: one object per file.
+    :param replace: overwrite objects under the prefix that this package did not write for this backup.
+    :param storage_class: e.g. ``STANDARD_IA``, ``GLACIER_IR``, ``DEEP_ARCHIVE``.
+    :param server_side_encryption: ``AES256`` or ``aws:kms``.
+    :param sse_kms_key_id: the KMS key, with ``aws:kms``.
+    :param tags: object tags.
+    :param part_size: bytes per multipart part (raised if the archive would need over 10,000 parts).
+    :param max_concurrency: parts in flight at once.
+    :param asset_alias: the ``AssetAlias`` each written object is announced under, so DAGs can be
+        scheduled on fresh archives; None to announce nothing.
+    :return: the ``s3://`` URIs of the archive's objects.
+    """
+
+    template_fields: Sequence[str] = (
+        "stack_id",
+        "backup_id",
+        "s3_bucket",
+        "s3_key_prefix",
+        "aws_conn_id",
+        "cloud66_conn_id",
+        "storage_class",
+        "server_side_encryption",
+        "sse_kms_key_id",
+        "tags",
+    )
+    ui_color = "#7fb2e5"
+
+    def __init__(
+        self,
+        *,
+        stack_id: str,
+        backup_id: int | str | Mapping[str, Any],
+        s3_bucket: str,
+        s3_key_prefix: str = archive.DEFAULT_KEY_PREFIX,
+        aws_conn_id: str | None = "aws_default",
+        cloud66_conn_id: str = Cloud66Hook.default_conn_name,
+        join_parts: bool = True,
+        replace: bool = False,
+        storage_class: str | None = None,
+        server_side_encryption: str | None = None,
+        sse_kms_key_id: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        part_size: int = DEFAULT_PART_SIZE,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        asset_alias: str | None = DEFAULT_ASSET_ALIAS,
+        **kwargs: Any,
+    ) -> None:
+        if asset_alias:
+            kwargs.setdefault("outlets", [AssetAlias(name=asset_alias)])
+        super().__init__(**kwargs)
+        self.stack_id = stack_id
+        self.backup_id = backup_id
+        self.s3_bucket = s3_bucket
+        self.s3_key_prefix = s3_key_prefix
+        self.aws_conn_id = aws_conn_id
+        self.cloud66_conn_id = cloud66_conn_id
+        self.join_parts = join_parts
+        self.replace = replace
+        self.storage_class = storage_class
+        self.server_side_encryption = server_side_encryption
+        self.sse_kms_key_id = sse_kms_key_id
+        self.tags = tags
+        self.part_size = part_size
+        self.max_concurrency = max_concurrency
+        self.asset_alias = asset_alias
+        self._cancel = threading.Event()
+
+    # --- input ----------------------------------------------------------------------------------
+    def _validated(self) -> tuple[str, int, str, CopySettings, dict[str, Any]]:
+        """Every argument checked, before any request: (stack, backup id, bucket, settings, extra args)."""
+        from airflow_provider_c66.transfers.copy_engine import MAX_PART_SIZE, MIN_PART_SIZE, CopySettings
+
+        stack = validation.stack_id(self.stack_id)
+        # A Backup.to_dict() value (the sensor's XCom) carries the id; the record is fetched afresh.
+        raw_id = self.backup_id.get("id") if isinstance(self.backup_id, Mapping) else self.backup_id
+        ident = validation.backup_id(raw_id)
+        bucket = archive.bucket_name(self.s3_bucket)
+        if not isinstance(self.s3_key_prefix, str) or not self.s3_key_prefix.strip():
+            raise Cloud66InputError(
+                "s3_key_prefix", f"must be a non-empty key prefix, got {self.s3_key_prefix!r:.80}"
+            )
+        archive.check_prefix_template(self.s3_key_prefix)
+        part_size = validation.positive_int(self.part_size, "part_size", maximum=MAX_PART_SIZE)
+        if part_size < MIN_PART_SIZE:
+            raise Cloud66InputError(
+                "part_size", f"must be at least {MIN_PART_SIZE} bytes (5 MiB, S3's minimum)"
+            )
+        concurrency = validation.positive_int(self.max_concurrency, "max_concurrency", maximum=64)
+        extra: dict[str, Any] = {}
+        if self.storage_class:
+            if self.storage_class not in archive.STORAGE_CLASSES:
+                raise Cloud66InputError(
+                    "storage_class",
+                    f"must be one of {', '.join(archive.STORAGE_CLASSES)}, got {self.storage_class!r}",
+                )
+            extra["StorageClass"] = self.storage_class
+        if self.server_side_encryption:
+            if self.server_side_encryption not in archive.SSE_MODES:
+                raise Cloud66InputError(
+                    "server_side_encryption",
+                    f"must be one of {', '.join(archive.SSE_MODES)}, got {self.server_side_encryption!r}",
+                )
+            extra["ServerSideEncryption"] = self.server_side_encryption
+        if self.sse_kms_key_id:
+            if not str(self.server_side_encryption or "").startswith("aws:kms"):
+                raise Cloud66InputError("sse_kms_key_id", "needs server_side_encryption='aws:kms'")
+            extra["SSEKMSKeyId"] = validation.non_empty_str(self.sse_kms_key_id, "sse_kms_key_id")
+        if self.tags:
+            extra["Tagging"] = _tagging(self.tags)
+        settings = CopySettings(part_size=part_size, max_concurrency=concurrency)
+        return stack, ident, bucket, settings, extra
+
+    # --- run ------------------------------------------------------------------------------------
+    def execute(self, context: Any) -> list[str]:
+        stack, ident, bucket, settings, extra = self._validated()
+        hook = Cloud66Hook(self.cloud66_conn_id)
+        backup = hook.get_backup(stack, ident)
+        if not backup.succeeded:
+            raise AirflowException(
+                f"Backup {ident} of stack {stack!r} did not succeed (status {backup.status.name}): "
+                f"{backup.result or 'no result given'}; there is nothing to archive."
+            )
+        prefix = archive.key_prefix(self.s3_key_prefix, backup, stack)
+        files = hook.list_backup_files(stack, ident)
+        if not files:
+            raise AirflowException(
+                f"Backup {ident} of stack {stack!r} lists no files; there is nothing to archive."
+            )
+        plan = self._plan(prefix, files)
+        client = self._s3_client(settings.max_concurrency)
+
+        existing = self._complete_archive(client, bucket, prefix, stack, ident, list(plan))
+        if existing is not None:
+            self.log.info(
+                "s3://%s/%s already holds this backup (manifest matches); nothing to copy.", bucket, prefix
+            )
+            return self._announce(context, bucket, existing, backup, stack)
+        self._check_overwrite(client, bucket, prefix, stack, ident, list(plan))
+
+        from airflow_provider_c66.transfers.copy_engine import Source, abort_stale_uploads, copy_to_s3
+
+        stale = abort_stale_uploads(client, bucket, prefix)
+        if stale:
+            self.log.warning(
+                "Aborted %d unfinished multipart upload(s) under s3://%s/%s", stale, bucket, prefix
+            )
+        metadata = {archive.META_STACK: stack, archive.META_BACKUP: str(ident)}
+        objects: list[ArchivedObject] = []
+        for key, members in plan.items():
+            sources = [Source(f.id, f.name, _url_provider(hook, stack, ident, f.id)) for f in members]
+            result = copy_to_s3(
+                sources,
+                client,
+                bucket,
+                key,
+                settings=settings,
+                extra_args={**extra, "Metadata": metadata},
+                cancel=self._cancel,
+                log=self.log,
+            )
+            objects.append(
+                ArchivedObject(
+                    key=key,
+                    size=result.size,
+                    etag=result.etag,
+                    sha256=result.sha256,
+                    sources=tuple(
+                        (f.id, f.name, size)
+                        for f, (_, size) in zip(members, result.source_sizes, strict=True)
+                    ),
+                )
+            )
+        manifest = archive.build_manifest(stack, backup, objects, joined=self.join_parts)
+        manifest_extra = {k: v for k, v in extra.items() if k in ("ServerSideEncryption", "SSEKMSKeyId")}
+        client.put_object(
+            Bucket=bucket,
+            Key=prefix + archive.MANIFEST_NAME,
+            Body=manifest,
+            ContentType="application/json",
+            Metadata=metadata,
+            **manifest_extra,
+        )
+        self.log.info(
+            "Archived backup %s of stack %r as %d object(s) under s3://%s/%s",
+            ident,
+            stack,
+            len(objects),
+            bucket,
+            prefix,
+        )
+        return self._announce(context, bucket, [o.key for o in objects], backup, stack)
+
+    def on_kill(self) -> None:
+        """Stop the copy: the engine aborts the multipart upload so nothing partial is left."""
+        self._cancel.set()
+
+    # --- helpers --------------------------------------------------------------------------------
+    def _plan(self, prefix: str, files: Sequence[BackupFile]) -> dict[str, list[BackupFile]]:
+        """Which files go into which key: all into one (join_parts) or one key per file."""
+        if self.join_parts:
+            return {prefix + archive.object_name(files[0].archive_name): list(files)}
+        plan: dict[str, list[BackupFile]] = {}
+        for item in files:
+            key = prefix + archive.object_name(item.name)
+            if key in plan or key == prefix + archive.MANIFEST_NAME:
+                raise AirflowException(f"Two backup files map to the same key {key!r}; use join_parts=True")
+            plan[key] = [item]
+        return plan
+
+    def _s3_client(self, max_concurrency: int) -> Any:
+        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+        from botocore.config import Config
+
+        s3 = S3Hook(aws_conn_id=self.aws_conn_id)
+        # Each part in flight holds one pooled connection; botocore's default pool is 10.
+        config = s3.config.merge(Config(max_pool_connections=max(10, max_concurrency + 2)))
+        return s3.get_client_type(config=config)
+
+    def _complete_archive(
+        self, client: Any, bucket: str, prefix: str, stack: str, ident: int, keys: list[str]
+    ) -> list[str] | None:
+        """The keys of a complete earlier archive of this backup, or None when there is none."""
+        document = _read_json(client, bucket, prefix + archive.MANIFEST_NAME)
+        if document is None or not archive.manifest_matches(document, stack, ident, keys):
+            return None
+        for entry in document["objects"]:
+            head = _head(client, bucket, entry["key"])
+            if head is None or head.get("ContentLength") != entry["size"]:
+                self.log.warning("Manifest found but %s is missing or changed; copying again.", entry["key"])
+                return None
+        return keys
+
+    def _check_overwrite(
+        self, client: Any, bucket: str, prefix: str, stack: str, ident: int, keys: list[str]
+    ) -> None:
+        """Refuse to overwrite objects this package did not write for this backup (unless replace)."""
+        if self.replace:
+            return
+        for key in [*keys, prefix + archive.MANIFEST_NAME]:
+            head = _head(client, bucket, key)
+            if head is None:
+                continue
+            meta = head.get("Metadata") or {}
+            if meta.get(archive.META_STACK) == stack and meta.get(archive.META_BACKUP) == str(ident):
+                self.log.info("Replacing s3://%s/%s left by an interrupted earlier try.", bucket, key)
+                continue
+            raise AirflowException(
+                f"s3://{bucket}/{key} already exists and is not part of a complete archive of backup {ident}; "
+                "set replace=True to overwrite it, or choose another s3_key_prefix."
+            )
+
+    def _announce(self, context: Any, bucket: str, keys: list[str], backup: Backup, stack: str) -> list[str]:
+        uris = [archive.s3_uri(bucket, key) for key in keys]
+        if self.asset_alias:
+            from airflow.providers.common.compat.sdk import Asset
+
+            events = context["outlet_events"][AssetAlias(name=self.asset_alias)]
+            for uri in uris:
+                events.add(
+                    Asset(uri=uri),
+                    extra={"stack_id": stack, "backup_id": backup.id, "db_type": backup.db_type},
+                )
+        return uris
+
+
+def _url_provider(hook: Cloud66Hook, stack: str, ident: int, file_id: str) -> Any:
+    return lambda: hook.get_backup_file_url(stack, ident, file_id)
+
+
+def _tagging(tags: Mapping[str, str]) -> str:
+    if not isinstance(tags, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in tags.items()
+    ):
+        raise Cloud66InputError("tags", f"must be a mapping of strings to strings, got {tags!r:.80}")
+    if len(tags) > 10 or any(not k or len(k) > 128 or len(v) > 256 for k, v in tags.items()):
+        raise Cloud66InputError(
+            "tags", "allows at most 10 tags, keys of 1-128 and values of 0-256 characters"
+        )
+    return urlencode(dict(tags))
+
+
+def _head(client: Any, bucket: str, key: str) -> dict[str, Any] | None:
+    from botocore.exceptions import ClientError
+
+    try:
+        return dict(client.head_object(Bucket=bucket, Key=key))
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return None
+        raise
+
+
+def _read_json(client: Any, bucket: str, key: str) -> dict[str, Any] | None:
+    from botocore.exceptions import ClientError
+
+    try:
+        body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return None
+        raise
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return None
+    return document if isinstance(document, dict) else None

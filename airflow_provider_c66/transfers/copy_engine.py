@@ -1,0 +1,856 @@
+"""Copy a backup's files from short-lived signed GET URLs into one S3 object: bounded, parallel, verified.
+
+This is the data path the package exists for. The archive (the sources concatenated in order) is cut
+into parts; each part is read with ranged GETs into one exact-size buffer and sent as an ``UploadPart``,
+at most ``max_concurrency`` parts at a time, so memory stays near ``max_concurrency x part_size`` for any
+archive size. A read that breaks resumes at the byte it stopped at; an expired URL (403) is replaced
+through the source's ``url_provider``. Every part's byte count is checked and its CRC32 sent to S3; the
+upload is completed only when every part is in, and any failure or cancellation aborts it, so the key
+ends up holding the whole archive or nothing.
+
+No Airflow here (the operator wraps this module); boto3 is used only through the client passed in.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.client
+import http.cookiejar
+import logging
+import random
+import re
+import threading
+import time
+import zlib
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import requests
+import requests.adapters
+import urllib3.exceptions
+
+from airflow_provider_c66.api import parse_retry_after, redact_text
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import CompletedPartTypeDef
+
+__all__ = [
+    "CopyCancelled",
+    "CopyError",
+    "CopyResult",
+    "CopySettings",
+    "Source",
+    "abort_stale_uploads",
+    "choose_part_size",
+    "copy_to_s3",
+]
+
+logger = logging.getLogger(__name__)
+
+MiB = 1 << 20
+MIN_PART_SIZE = 5 * MiB  # S3's floor for every part but the last
+MAX_PART_SIZE = 5 * 1024 * MiB
+MAX_PARTS = 10_000
+MAX_OBJECT_SIZE = 5 * 1024 * 1024 * MiB  # 5 TiB
+READ_BLOCK = MiB  # one socket read; urllib3 copies each block once into the part buffer
+_POLL = 0.2  # how often a waiting thread looks at the cancel event
+
+# Arguments of CreateMultipartUpload/PutObject a caller may set; the engine owns all the others.
+EXTRA_ARGS = frozenset(
+    {
+        "StorageClass",
+        "ServerSideEncryption",
+        "SSEKMSKeyId",
+        "SSEKMSEncryptionContext",
+        "BucketKeyEnabled",
+        "Tagging",
+        "Metadata",
+        "ContentType",
+    }
+)
+
+# requests' exceptions derive from OSError; reading ``resp.raw`` raises urllib3's and http.client's own.
+_TRANSPORT_ERRORS = (OSError, http.client.HTTPException, urllib3.exceptions.HTTPError)
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+_QUERY = re.compile(r"\?[^\s'\"<>()]*")
+
+_T = TypeVar("_T")
+
+
+class CopyError(Exception):
+    """The copy failed and nothing was left in S3; the message names the file and the byte range."""
+
+
+class CopyCancelled(CopyError):
+    """The cancel event was set (``on_kill``, SIGTERM): the upload was aborted."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """One file of the archive, given in concatenation order.
+
+    :param file_id: the Cloud 66 file id (``tar``, ``tar-aa`` ...).
+    :param name: the file's name, for messages.
+    :param url_provider: fetches a fresh signed GET URL; called right before first use and after a 403.
+    """
+
+    file_id: str
+    name: str
+    url_provider: Callable[[], str]
+
+    @property
+    def label(self) -> str:
+        return self.name if self.name == self.file_id else f"{self.name} (file {self.file_id})"
+
+
+@dataclass(frozen=True)
+class CopySettings:
+    """How one copy runs.
+
+    :param part_size: bytes per S3 part; raised for huge archives so no upload needs 10,000+ parts.
+    :param max_concurrency: parts in flight; peak memory is about ``max_concurrency x part_size``.
+    :param retries: failed attempts tolerated per byte range before the copy gives up.
+    :param backoff_base: first pause (s) after a 5xx, 429 or network error; doubles, with full jitter.
+    :param backoff_max: cap on one pause (s).
+    :param connect_timeout: seconds to open a connection to a signed URL.
+    :param read_timeout: seconds one socket read may wait.
+    :param progress_interval: seconds between progress log lines.
+    """
+
+    part_size: int = 8 * MiB
+    max_concurrency: int = 4
+    retries: int = 5
+    backoff_base: float = 0.5
+    backoff_max: float = 8.0
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    progress_interval: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.part_size <= 0 or self.max_concurrency <= 0 or self.retries < 0:
+            raise ValueError("part_size and max_concurrency must be positive and retries non-negative")
+        if min(self.backoff_base, self.backoff_max, self.connect_timeout, self.read_timeout) < 0:
+            raise ValueError("backoff and timeout settings must be non-negative")
+
+
+@dataclass(frozen=True)
+class CopyResult:
+    """What landed in S3, for the manifest: ``sha256`` is over the whole archive, computed in order."""
+
+    bucket: str
+    key: str
+    size: int
+    etag: str
+    sha256: str
+    parts: int
+    source_sizes: tuple[tuple[str, int], ...]  # (file_id, size) in archive order
+
+
+def choose_part_size(total: int, requested: int) -> int:
+    """The part size for ``total`` bytes: at least ``requested``, few enough parts for S3, whole MiB."""
+    if total < 0 or requested <= 0:
+        raise ValueError("total must be non-negative and requested positive")
+    if total > MAX_OBJECT_SIZE:
+        raise ValueError(f"{total} bytes is more than S3's 5 TiB object limit")
+    size = max(requested, MIN_PART_SIZE, -(-total // MAX_PARTS))
+    return min(-(-size // MiB) * MiB, MAX_PART_SIZE)
+
+
+def abort_stale_uploads(
+    client: S3Client,
+    bucket: str,
+    prefix: str,
+    *,
+    initiated_before: datetime | None = None,
+    log: logging.Logger | None = None,
+) -> int:
+    """Abort multipart uploads under ``prefix`` left by a killed run (they are billed until aborted).
+
+    :param initiated_before: only abort uploads started before this (aware) time, e.g. this run's start.
+    :return: how many uploads were aborted.
+    """
+    if not prefix:
+        raise ValueError("an empty prefix would abort every upload in the bucket")
+    log = log or logger
+    aborted = 0
+    for page in client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=prefix):
+        for upload in page.get("Uploads", []):
+            key, upload_id = upload.get("Key", ""), upload.get("UploadId", "")
+            started = upload.get("Initiated")
+            if not key.startswith(prefix) or not upload_id:
+                continue
+            if initiated_before is not None and started is not None and started >= initiated_before:
+                continue
+            client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+            log.info("Aborted stale multipart upload of s3://%s/%s (started %s)", bucket, key, started)
+            aborted += 1
+    return aborted
+
+
+@dataclass(frozen=True)
+class _Segment:
+    """The bytes of one source that fall into one part."""
+
+    source: int
+    offset: int
+    length: int
+
+
+@dataclass(frozen=True)
+class _Part:
+    """One S3 part: ``length`` bytes of the archive from ``start``; it may span two or more sources."""
+
+    number: int
+    start: int
+    length: int
+    segments: tuple[_Segment, ...]
+
+    def describe(self) -> str:
+        return f"part {self.number}, archive bytes {self.start}-{self.start + self.length - 1}"
+
+
+def _plan_parts(sizes: Sequence[int], part_size: int) -> list[_Part]:
+    """Cut the concatenated sources into parts; an empty archive is one empty part."""
+    parts: list[_Part] = []
+    segments: list[_Segment] = []
+    start = filled = 0
+    for index, size in enumerate(sizes):
+        offset = 0
+        while offset < size:
+            take = min(size - offset, part_size - filled)
+            segments.append(_Segment(index, offset, take))
+            offset, filled = offset + take, filled + take
+            if filled == part_size:
+                parts.append(_Part(len(parts) + 1, start, filled, tuple(segments)))
+                segments, start, filled = [], start + filled, 0
+    if filled or not parts:
+        parts.append(_Part(len(parts) + 1, start, filled, tuple(segments)))
+    return parts
+
+
+class _Stopped(Exception):
+    """Raised in a worker once another part has failed: that first failure is the one reported."""
+
+
+class _Coordinator:
+    """Owns failure and cancellation: the first error wins and every thread stops at its next check."""
+
+    def __init__(self, cancel: threading.Event) -> None:
+        self.cancel = cancel
+        self.error: BaseException | None = None
+        self._stopped = threading.Event()
+        self._lock = threading.Lock()
+
+    def fail(self, exc: BaseException) -> None:
+        with self._lock:
+            if self.error is None and not isinstance(exc, _Stopped):
+                self.error = exc
+        self._stopped.set()
+
+    def check(self) -> None:
+        """Called between reads and before S3 calls, in any thread."""
+        if self.cancel.is_set():
+            raise CopyCancelled("cancelled")
+        if self._stopped.is_set():
+            raise _Stopped()
+
+    def check_main(self) -> None:
+        """The main thread's check: re-raise the first worker failure, or stop on cancel."""
+        if self.error is not None:
+            raise self.error
+        if self.cancel.is_set():
+            raise CopyCancelled("cancelled")
+
+    def sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            self.check()
+            self.cancel.wait(min(left, _POLL))
+        self.check()
+
+
+class _SignedUrl:
+    """A source's current signed URL, shared by all parts so an expiry costs one fetch, not one per part."""
+
+    def __init__(self, source: Source) -> None:
+        self.source = source
+        self.generation = 0  # URLs fetched so far
+        self._url = ""
+        self._lock = threading.Lock()
+
+    def get(self) -> tuple[str, int]:
+        with self._lock:
+            if not self._url:
+                self._fetch()
+            return self._url, self.generation
+
+    def refresh(self, stale: int) -> None:
+        """Fetch a new URL unless another part has already replaced generation ``stale``."""
+        with self._lock:
+            if self.generation == stale:
+                self._fetch()
+
+    def _fetch(self) -> None:
+        try:
+            url = self.source.url_provider()
+        except Exception as exc:
+            message = f"{self.source.label}: could not get a signed URL: {_scrub(str(exc))}"
+            raise CopyError(message) from exc
+        if not isinstance(url, str) or not url.startswith(("https://", "http://")):
+            raise CopyError(f"{self.source.label}: the URL provider returned no http(s) URL")
+        self._url, self.generation = url, self.generation + 1
+
+
+class _Retry(Exception):
+    """One attempt failed in a way a new attempt may fix (resume, fresh URL, or wait)."""
+
+    def __init__(self, reason: str, *, expired: bool = False, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.expired = expired
+        self.retry_after = retry_after
+
+
+class _Fatal(Exception):
+    """One attempt failed in a way no retry can fix (the file changed, 404 ...)."""
+
+
+@dataclass
+class _Fill:
+    """A byte range of one source being read into a buffer; ``done`` is where a retry resumes."""
+
+    offset: int
+    view: memoryview
+    done: int = 0
+
+    @property
+    def first(self) -> int:
+        return self.offset + self.done
+
+    @property
+    def last(self) -> int:
+        return self.offset + len(self.view) - 1
+
+    def where(self) -> str:
+        return f"bytes {self.first}-{self.last}"
+
+
+class _Downloader:
+    """Reads byte ranges of the sources' signed URLs into buffers; owns the HTTP session and retries."""
+
+    def __init__(
+        self,
+        sources: Sequence[Source],
+        settings: CopySettings,
+        coordinator: _Coordinator,
+        log: logging.Logger,
+    ) -> None:
+        self.urls = [_SignedUrl(source) for source in sources]
+        self.sizes: list[int] = []
+        self.settings = settings
+        self.coordinator = coordinator
+        self.log = log
+        self.session = _plain_session(settings.max_concurrency)
+        _redact_urllib3_logs()
+
+    def close(self) -> None:
+        self.session.close()
+
+    def probe_sizes(self) -> list[int]:
+        """Learn every source's size with ``Range: bytes=0-0``: a GET-signed URL answers HEAD with 403."""
+        self.sizes = [self._retrying(i, lambda: "size probe", self._probe) for i in range(len(self.urls))]
+        return self.sizes
+
+    def fill(self, index: int, offset: int, view: memoryview, on_bytes: Callable[[int], None]) -> None:
+        """Fill ``view`` with bytes ``offset..`` of source ``index``, resuming where a failed read stopped."""
+        target = _Fill(offset, view)
+        if len(view):
+            self._retrying(index, target.where, lambda url: self._read(url, index, target, on_bytes))
+
+    def _retrying(self, index: int, where: Callable[[], str], attempt: Callable[[str], _T]) -> _T:
+        signed = self.urls[index]
+        failures = 0
+        while True:
+            self.coordinator.check()
+            url, generation = signed.get()
+            try:
+                return attempt(url)
+            except _Fatal as exc:
+                raise CopyError(f"{signed.source.label}, {where()}: {exc}") from None
+            except _Retry as exc:
+                failures += 1
+                what = f"{signed.source.label}, {where()}"
+                if failures > self.settings.retries:
+                    raise CopyError(
+                        f"{what}: giving up after {failures} failed attempts; last: {exc}"
+                    ) from None
+                if exc.expired:
+                    self.log.info("%s: %s; fetching a fresh signed URL", what, exc)
+                    signed.refresh(generation)
+                    continue
+                delay = self._backoff(failures, exc.retry_after)
+                self.log.warning(
+                    "%s: %s; retry %d of %d in %.1f s", what, exc, failures, self.settings.retries, delay
+                )
+                self.coordinator.sleep(delay)
+
+    def _backoff(self, failures: int, retry_after: float | None) -> float:
+        cap = self.settings.backoff_max
+        delay = random.uniform(0, min(cap, self.settings.backoff_base * 2 ** (failures - 1)))
+        return max(delay, min(retry_after, cap)) if retry_after is not None else delay
+
+    def _get(self, url: str, first: int, last: int) -> requests.Response:
+        timeout = (self.settings.connect_timeout, self.settings.read_timeout)
+        try:
+            return self.session.get(
+                url, headers={"Range": f"bytes={first}-{last}"}, stream=True, timeout=timeout
+            )
+        except _TRANSPORT_ERRORS as exc:
+            raise _Retry(_describe(exc)) from None
+
+    def _probe(self, url: str) -> int:
+        with self._get(url, 0, 0) as resp:  # closed unread: a 200 here would be the whole file
+            _check_status(resp)
+            if resp.status_code == 206:
+                total = _content_range(resp)[2]
+                if total is None:
+                    raise _Fatal("the server does not say the file's size (Content-Range total '*')")
+                return total
+            if resp.status_code == 416 and resp.headers.get("Content-Range", "").strip() == "bytes */0":
+                return 0
+            length = _content_length(resp)
+            if resp.status_code == 200 and length is not None:
+                return length
+            raise _Fatal(f"HTTP {resp.status_code} {resp.reason} to a ranged GET")
+
+    def _read(self, url: str, index: int, target: _Fill, on_bytes: Callable[[int], None]) -> None:
+        size, view = self.sizes[index], target.view
+        first, last = target.first, target.last
+        with self._get(url, first, last) as resp:
+            _check_status(resp)
+            announced = _content_length(resp)
+            if resp.status_code == 206:
+                got_first, got_last, total = _content_range(resp)
+                if total is not None and total != size:
+                    raise _Fatal(f"the file's size changed from {size} to {total} bytes during the copy")
+                if (got_first, got_last) != (first, last):
+                    raise _Retry(
+                        f"asked for bytes {first}-{last}, got Content-Range bytes {got_first}-{got_last}"
+                    )
+                if announced is not None and announced != last - first + 1:
+                    raise _Retry(f"Content-Length {announced} for a {last - first + 1}-byte range")
+                skip = 0
+            elif resp.status_code == 200:  # Range ignored: the whole file follows
+                if announced is not None and announced != size:
+                    raise _Fatal(f"the file's size changed from {size} to {announced} bytes during the copy")
+                skip = first
+            elif resp.status_code == 416:
+                raise _Fatal(f"range not satisfiable: the file is no longer {size} bytes long")
+            else:
+                raise _Fatal(f"HTTP {resp.status_code} {resp.reason}")
+            try:
+                while skip:
+                    self.coordinator.check()
+                    dropped = len(resp.raw.read(min(skip, READ_BLOCK)))
+                    if not dropped:
+                        raise _Retry(f"the body ended {skip} bytes before byte {first}")
+                    skip -= dropped
+                while target.done < len(view):
+                    self.coordinator.check()
+                    count = resp.raw.readinto(view[target.done : target.done + READ_BLOCK])
+                    if not count:
+                        raise _Retry(f"the body ended {len(view) - target.done} bytes short")
+                    target.done += count
+                    on_bytes(count)
+                if resp.status_code == 206 and resp.raw.read(1):
+                    raise _Retry("the body is longer than the range asked for")
+            except _TRANSPORT_ERRORS as exc:
+                raise _Retry(_describe(exc)) from None
+
+
+def _check_status(resp: requests.Response) -> None:
+    """Raise for answers worth another attempt: 403 (expired URL), 408, 429 and 5xx."""
+    status = resp.status_code
+    if status == 403:
+        raise _Retry("HTTP 403: the signed URL has expired or was refused", expired=True)
+    if status in (408, 429) or status >= 500:
+        raise _Retry(f"HTTP {status} {resp.reason}", retry_after=parse_retry_after(resp.headers))
+
+
+def _content_range(resp: requests.Response) -> tuple[int, int, int | None]:
+    match = _CONTENT_RANGE.fullmatch(resp.headers.get("Content-Range", "").strip())
+    if match is None:
+        raise _Retry(
+            f"a 206 answer with an unreadable Content-Range {resp.headers.get('Content-Range')!r:.60}"
+        )
+    total = match.group(3)
+    return int(match.group(1)), int(match.group(2)), None if total == "*" else int(total)
+
+
+def _content_length(resp: requests.Response) -> int | None:
+    value = resp.headers.get("Content-Length", "").strip()
+    return int(value) if value.isdigit() else None
+
+
+def _no_auth(request: requests.PreparedRequest) -> requests.PreparedRequest:
+    """Session auth that adds nothing: keeps ``.netrc`` credentials off signed URLs (S3 refuses two auths)."""
+    request.headers.pop("Authorization", None)
+    return request
+
+
+def _plain_session(pool_size: int) -> requests.Session:
+    """A session for signed URLs: no auth, no cookies, no compression (bytes are counted as sent)."""
+    session = requests.Session()
+    session.auth = _no_auth
+    session.headers["Accept-Encoding"] = "identity"
+    session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    return session
+
+
+def _scrub(text: str) -> str:
+    """Free text fit for a message: signed-URL credentials and whole query strings blanked out."""
+    return _QUERY.sub("?[redacted]", redact_text(text))
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {_scrub(str(exc))}"
+
+
+class _RedactSignedUrls(logging.Filter):
+    """urllib3 logs every request's full path at DEBUG, and a signed URL's query string is a credential."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact_text(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True
+
+
+def _redact_urllib3_logs() -> None:
+    # A logger's filters see only records logged on that very logger, so each module's logger gets one.
+    for name in ("urllib3.connectionpool", "urllib3.util.retry", "urllib3.poolmanager", "urllib3.connection"):
+        target = logging.getLogger(name)
+        if not any(isinstance(existing, _RedactSignedUrls) for existing in target.filters):
+            target.addFilter(_RedactSignedUrls())
+
+
+class _Progress:
+    """Counts bytes landed in part buffers; logs done/total, MiB/s and ETA every ``interval`` seconds."""
+
+    def __init__(self, total: int, interval: float, log: logging.Logger, target: str) -> None:
+        self.total, self.interval, self.log, self.target = total, interval, log, target
+        self.done = 0
+        self.started = self._last = time.monotonic()
+        self._lock = threading.Lock()
+
+    def add(self, count: int) -> None:
+        with self._lock:
+            self.done += count
+            now = time.monotonic()
+            if now - self._last < self.interval:
+                return
+            self._last, done = now, self.done
+        rate = done / max(now - self.started, 1e-9)
+        eta = str(timedelta(seconds=round((self.total - done) / rate))) if rate else "unknown"
+        percent = 100 * done / max(self.total, 1)
+        self.log.info(
+            "%s: %s of %s (%.0f%%), %.1f MiB/s, ETA %s",
+            self.target,
+            _mib(done),
+            _mib(self.total),
+            percent,
+            rate / MiB,
+            eta,
+        )
+
+
+def _mib(count: int) -> str:
+    return f"{count / MiB:.1f} MiB"
+
+
+class _PartBuffers:
+    """Hands out one exact-size buffer per part and counts them: the memory bound, made checkable."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.in_use = self.peak = 0
+        self._lock = threading.Lock()
+
+    def take(self, size: int) -> bytearray:
+        with self._lock:
+            self.in_use += 1
+            self.peak = max(self.peak, self.in_use)
+            assert self.in_use <= self.limit, f"{self.in_use} part buffers in use, limit {self.limit}"
+        return bytearray(size)  # bytearray: botocore sends it as is (memoryview is refused)
+
+    def give_back(self) -> None:
+        with self._lock:
+            self.in_use -= 1
+
+
+@dataclass
+class _Uploaded:
+    """A part S3 has accepted; ``data`` stays alive until the main thread has hashed it in order."""
+
+    number: int
+    etag: str
+    checksum: str
+    data: bytearray
+
+
+class _ArchiveCopy:
+    """Moves one planned archive into one key (PutObject or multipart) and owns that upload's cleanup."""
+
+    def __init__(
+        self,
+        client: S3Client,
+        bucket: str,
+        key: str,
+        extra_args: dict[str, Any],
+        settings: CopySettings,
+        downloader: _Downloader,
+        coordinator: _Coordinator,
+        progress: _Progress,
+        log: logging.Logger,
+    ) -> None:
+        self.client, self.bucket, self.key, self.extra = client, bucket, key, extra_args
+        self.settings, self.downloader, self.coordinator = settings, downloader, coordinator
+        self.progress, self.log = progress, log
+        self.target = f"s3://{bucket}/{key}"
+        self.buffers = _PartBuffers(settings.max_concurrency)
+
+    def run(self, parts: Sequence[_Part]) -> tuple[str, str]:
+        """Upload and verify; return (ETag, SHA-256 hex). Nothing is left behind when this raises."""
+        if len(parts) == 1:
+            etag, digest, version = self._put(parts[0])
+        else:
+            etag, digest, version = self._multipart(parts)
+        self._verify(sum(part.length for part in parts), version)
+        return etag.strip('"'), digest
+
+    def _put(self, part: _Part) -> tuple[str, str, str | None]:
+        data = self.buffers.take(part.length)
+        try:
+            self._fill(part, data)
+            checksum = _crc32(data)
+            self.coordinator.check_main()
+            answer = self._s3(
+                "PutObject",
+                self.client.put_object,
+                Bucket=self.bucket,
+                Key=self.key,
+                Body=data,
+                ChecksumCRC32=checksum,
+                **self.extra,
+            )
+            return answer["ETag"], hashlib.sha256(data).hexdigest(), answer.get("VersionId")
+        finally:
+            self.buffers.give_back()
+
+    def _multipart(self, parts: Sequence[_Part]) -> tuple[str, str, str | None]:
+        created = self._s3(
+            "CreateMultipartUpload",
+            self.client.create_multipart_upload,
+            Bucket=self.bucket,
+            Key=self.key,
+            ChecksumAlgorithm="CRC32",
+            **self.extra,
+        )
+        upload_id = created["UploadId"]
+        try:
+            completed, digest = self._upload_parts(upload_id, parts)
+            self.coordinator.check_main()  # a cancel that arrives now still leaves nothing behind
+            answer = self._s3(
+                "CompleteMultipartUpload",
+                self.client.complete_multipart_upload,
+                Bucket=self.bucket,
+                Key=self.key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": completed},
+            )
+        except BaseException:
+            self._abort(upload_id)
+            raise
+        return answer.get("ETag", ""), digest, answer.get("VersionId")
+
+    def _upload_parts(self, upload_id: str, parts: Sequence[_Part]) -> tuple[list[CompletedPartTypeDef], str]:
+        """Keep at most ``max_concurrency`` parts in flight; collect them in order to hash the archive."""
+        digest = hashlib.sha256()
+        completed: list[CompletedPartTypeDef] = []
+        window: deque[Future[_Uploaded]] = deque()
+        pool = ThreadPoolExecutor(self.settings.max_concurrency, thread_name_prefix="c66-copy")
+        try:
+            for part in parts:
+                if len(window) == self.settings.max_concurrency:
+                    completed.append(self._collect(window.popleft(), digest))
+                self.coordinator.check_main()
+                window.append(pool.submit(self._upload_part, upload_id, part))
+            while window:
+                completed.append(self._collect(window.popleft(), digest))
+        except BaseException as exc:
+            self.coordinator.fail(exc)  # workers stop at their next read
+            for future in window:
+                future.cancel()
+            raise
+        finally:
+            pool.shutdown(wait=True)  # no UploadPart may still run when the upload is aborted
+        return completed, digest.hexdigest()
+
+    def _collect(self, future: Future[_Uploaded], digest: hashlib._Hash) -> CompletedPartTypeDef:
+        while not wait([future], timeout=_POLL).done:
+            self.coordinator.check_main()  # a later part's failure or a cancel need not wait for this one
+        if future.exception() is not None:
+            self.coordinator.check_main()
+        uploaded = future.result()
+        try:
+            digest.update(uploaded.data)
+        finally:
+            self.buffers.give_back()
+        return {"PartNumber": uploaded.number, "ETag": uploaded.etag, "ChecksumCRC32": uploaded.checksum}
+
+    def _upload_part(self, upload_id: str, part: _Part) -> _Uploaded:
+        data = self.buffers.take(part.length)
+        try:
+            self._fill(part, data)
+            checksum = _crc32(data)
+            self.coordinator.check()
+            answer = self._s3(
+                f"UploadPart ({part.describe()})",
+                self.client.upload_part,
+                Bucket=self.bucket,
+                Key=self.key,
+                UploadId=upload_id,
+                PartNumber=part.number,
+                Body=data,
+                ChecksumCRC32=checksum,
+            )
+            echoed = answer.get("ChecksumCRC32")
+            if echoed and echoed != checksum:
+                raise CopyError(
+                    f"{self.target}: S3 stored {part.describe()} with CRC32 {echoed}, sent {checksum}"
+                )
+            return _Uploaded(part.number, answer["ETag"], checksum, data)
+        except BaseException as exc:
+            self.buffers.give_back()
+            self.coordinator.fail(exc)
+            raise
+
+    def _fill(self, part: _Part, data: bytearray) -> None:
+        view, at = memoryview(data), 0
+        for segment in part.segments:
+            chunk = view[at : at + segment.length]
+            self.downloader.fill(segment.source, segment.offset, chunk, self.progress.add)
+            at += segment.length
+
+    def _verify(self, size: int, version: str | None) -> None:
+        """HeadObject must show the archive's size before the copy is reported done."""
+        # "null" is the version of an unversioned bucket's object: the latest one, so no need to name it.
+        which: dict[str, Any] = {"VersionId": version} if version and version != "null" else {}
+        head = self._s3("HeadObject", self.client.head_object, Bucket=self.bucket, Key=self.key, **which)
+        if head.get("ContentLength") != size:
+            self._s3("DeleteObject", self.client.delete_object, Bucket=self.bucket, Key=self.key, **which)
+            raise CopyError(
+                f"{self.target}: S3 reports {head.get('ContentLength')} bytes after the upload, "
+                f"expected {size}; the object was deleted"
+            )
+
+    def _abort(self, upload_id: str) -> None:
+        try:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=upload_id)
+            self.log.info("Aborted the multipart upload of %s", self.target)
+        except Exception as exc:
+            self.log.error(
+                "Could not abort multipart upload %s of %s (%s); abort_stale_uploads() removes it later",
+                upload_id,
+                self.target,
+                exc,
+            )
+
+    def _s3(self, operation: str, call: Callable[..., _T], **kwargs: Any) -> _T:
+        try:
+            return call(**kwargs)
+        except Exception as exc:
+            raise CopyError(f"{self.target}: S3 {operation} failed: {exc}") from exc
+
+
+def _crc32(data: bytearray) -> str:
+    """S3's ChecksumCRC32: base64 of the big-endian CRC-32."""
+    return base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode("ascii")
+
+
+def copy_to_s3(
+    sources: Sequence[Source],
+    client: S3Client,
+    bucket: str,
+    key: str,
+    *,
+    settings: CopySettings | None = None,
+    extra_args: Mapping[str, Any] | None = None,
+    cancel: threading.Event | None = None,
+    log: logging.Logger | None = None,
+) -> CopyResult:
+    """Copy ``sources``, concatenated in order, to ``s3://bucket/key``; all or nothing.
+
+    :param sources: the archive's files in order (one file: a plain copy).
+    :param client: a boto3 S3 client.
+    :param settings: part size, concurrency, retries, timeouts.
+    :param extra_args: object arguments, from :data:`EXTRA_ARGS` (StorageClass, SSE, Tagging, Metadata ...).
+    :param cancel: set it (``on_kill``) to stop: the upload is aborted and :class:`CopyCancelled` raised.
+    :param log: where progress and retries are logged.
+    :raises CopyError: the copy failed; no object and no multipart upload were left behind.
+    """
+    if not sources:
+        raise ValueError("no sources to copy")
+    unknown = sorted(set(extra_args or {}) - EXTRA_ARGS)
+    if unknown:
+        raise ValueError(f"unsupported extra_args {unknown}; allowed: {sorted(EXTRA_ARGS)}")
+    settings = settings or CopySettings()
+    log = log or logger
+    target = f"s3://{bucket}/{key}"
+    coordinator = _Coordinator(cancel or threading.Event())
+    downloader = _Downloader(sources, settings, coordinator, log)
+    progress = _Progress(0, settings.progress_interval, log, target)
+    try:
+        sizes = downloader.probe_sizes()
+        progress.total = total = sum(sizes)
+        part_size = choose_part_size(total, settings.part_size)
+        parts = _plan_parts(sizes, part_size)
+        log.info(
+            "Copying %d file(s), %s, to %s in %d part(s) of up to %s, %d at a time",
+            len(sources),
+            _mib(total),
+            target,
+            len(parts),
+            _mib(part_size),
+            settings.max_concurrency,
+        )
+        copy = _ArchiveCopy(
+            client, bucket, key, dict(extra_args or {}), settings, downloader, coordinator, progress, log
+        )
+        etag, digest = copy.run(parts)
+    except CopyCancelled:
+        raise CopyCancelled(
+            f"{target}: cancelled after {_mib(progress.done)}; nothing was left in S3"
+        ) from None
+    finally:
+        downloader.close()
+    elapsed = time.monotonic() - progress.started
+    log.info(
+        "Copied %s to %s in %.1f s (%.1f MiB/s), sha256 %s",
+        _mib(total),
+        target,
+        elapsed,
+        total / MiB / max(elapsed, 1e-9),
+        digest,
+    )
+    ids = tuple(source.file_id for source in sources)
+    return CopyResult(bucket, key, total, etag, digest, len(parts), tuple(zip(ids, sizes, strict=True)))

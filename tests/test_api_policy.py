@@ -1,0 +1,141 @@
+"""The sans-IO policy: error mapping, retry decisions and rate-budget arithmetic, without a network."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from airflow_provider_c66 import api
+from airflow_provider_c66.api import ApiRequest, Attempts, RateBudget, RetryPolicy
+from airflow_provider_c66.exceptions import (
+    Cloud66ApiError,
+    Cloud66AuthError,
+    Cloud66NotFoundError,
+    Cloud66RateLimitError,
+    Cloud66ResponseError,
+)
+
+GET = ApiRequest("GET", "/stacks/abc/backups.json", subject="stack 'abc'")
+POST = ApiRequest("POST", "/stacks/abc/backups.json", body={"db_type": "all"}, subject="stack 'abc'")
+
+
+def envelope(error: str, description: str = "", details: str = "") -> bytes:
+    return json.dumps({"error": error, "error_description": description, "details": details}).encode()
+
+
+@pytest.mark.parametrize(
+    ("request_", "status", "body", "kind", "retryable", "text"),
+    [
+        (
+            GET,
+            401,
+            envelope("unauthorized", "bad token"),
+            Cloud66AuthError,
+            False,
+            "rejected the access token",
+        ),
+        (GET, 403, envelope("insufficient_scope"), Cloud66AuthError, False, "'public' scope"),
+        (POST, 403, envelope("insufficient_scope"), Cloud66AuthError, False, "'admin' scope"),
+        (GET, 404, envelope("not_found", "nope"), Cloud66NotFoundError, False, "stack 'abc' was not found"),
+        (
+            GET,
+            400,
+            envelope("bad_request", "x", "db_type is wrong"),
+            Cloud66ApiError,
+            False,
+            "db_type is wrong",
+        ),
+        (GET, 402, envelope("trial_expired"), Cloud66ApiError, False, "needs payment"),
+        (GET, 500, b"<html>oops</html>", Cloud66ApiError, True, "non-JSON answer"),
+        (GET, 502, envelope("bad_gateway"), Cloud66ApiError, True, "502"),
+        (GET, 503, envelope("not_implemented"), Cloud66ApiError, False, "not_implemented"),
+        (GET, 503, envelope("throttled"), Cloud66RateLimitError, True, "hourly request budget is spent"),
+        (GET, 429, b"", Cloud66ApiError, True, "429"),
+        (GET, 200, b"not json", Cloud66ResponseError, True, "not a Cloud 66 JSON envelope"),
+        (GET, 200, b'{"x": 1}', Cloud66ResponseError, True, "not a Cloud 66 JSON envelope"),
+    ],
+)
+def test_error_mapping(request_, status, body, kind, retryable, text):
+    outcome = api.interpret(request_, status, {"Content-Type": "application/json"}, body)
+    assert type(outcome.error) is kind
+    assert outcome.retryable is retryable
+    assert text in str(outcome.error)
+    assert outcome.error.status == status
+    assert outcome.error.method == request_.method and outcome.error.path == request_.path
+
+
+def test_details_are_preferred_over_description():
+    outcome = api.interpret(GET, 400, {}, envelope("bad", "generic", "specific"))
+    assert outcome.error.description == "specific"
+    assert outcome.error.error_id == "bad"
+
+
+def test_success_envelope_and_pagination():
+    body = json.dumps({"response": [1], "pagination": {"next": 2}}).encode()
+    outcome = api.interpret(GET, 200, {"X-RateLimit-Remaining": "17"}, body)
+    assert outcome.page == api.Page([1], True, 17)
+    last = api.interpret(GET, 200, {}, json.dumps({"response": [], "pagination": {"next": None}}).encode())
+    assert last.page.has_next is False
+
+
+def test_retry_after_is_a_floor_for_the_backoff():
+    attempts = Attempts(RetryPolicy(backoff_base=0.01), RateBudget())
+    outcome = api.interpret(GET, 429, {"Retry-After": "3"}, b"")
+    assert attempts.delay_after(GET, outcome) == 3.0
+
+
+def test_attempts_are_bounded():
+    attempts = Attempts(RetryPolicy(max_attempts=3, backoff_base=0.01), RateBudget())
+    outcome = api.interpret(GET, 500, {}, b"")
+    attempts.delay_after(GET, outcome)
+    attempts.delay_after(GET, outcome)
+    with pytest.raises(Cloud66ApiError, match="500"):
+        attempts.delay_after(GET, outcome)
+    assert attempts.count == 3
+
+
+def test_non_retryable_errors_raise_at_once():
+    attempts = Attempts(RetryPolicy(), RateBudget())
+    with pytest.raises(Cloud66AuthError):
+        attempts.delay_after(GET, api.interpret(GET, 401, {}, b""))
+    assert attempts.count == 1
+
+
+def test_throttled_with_a_far_reset_raises_rate_limit_error_with_the_reset_time():
+    budget = RateBudget()
+    now = 1_700_000_000.0
+    headers = {"X-RateLimit-Reset": str(now + 1800)}
+    outcome = api.interpret(GET, 503, headers, envelope("throttled"))
+    budget.observe(outcome, headers)
+    with pytest.raises(Cloud66RateLimitError, match="resets at") as info:
+        budget.wait_before(GET, RetryPolicy(max_rate_limit_wait=60), now=now)
+    assert info.value.reset_at is not None
+    assert info.value.reset_at.timestamp() == pytest.approx(now + 1800)
+
+
+def test_budget_reset_defaults_to_the_top_of_the_next_hour():
+    assert api.budget_reset_at({}, now=7200 + 125.0) == 10800
+    assert api.budget_reset_at({"Retry-After": "30"}, now=1000.0) == 1030.0
+    assert api.budget_reset_at({"X-RateLimit-Reset": "45"}, now=1000.0) == 1045.0
+
+
+def test_remaining_zero_makes_the_next_call_wait_for_the_reset():
+    budget = RateBudget()
+    body = json.dumps({"response": []}).encode()
+    headers = {"X-RateLimit-Remaining": "0", "Retry-After": "5"}
+    budget.observe(api.interpret(GET, 200, headers, body), headers)
+    assert 0 < budget.wait_before(GET, RetryPolicy(max_rate_limit_wait=60)) <= 5
+
+
+def test_redaction_of_signed_urls():
+    url = "https://b.s3.amazonaws.com/p/x.tar?AWSAccessKeyId=AKIA&Expires=1&Signature=abc%2Fdef%3D"
+    assert api.redact_url(url) == "https://b.s3.amazonaws.com/p/x.tar?[redacted]"
+    text = f"HTTPSConnectionPool: Max retries exceeded with url: {url} (Caused by ...)"
+    redacted = api.redact_text(text)
+    assert "abc%2Fdef" not in redacted and "AKIA" not in redacted
+    assert "Signature=[redacted]" in redacted
+
+
+def test_percent_quirk_is_undone():
+    assert api.undo_percent_quirk("x?Signature=C2au%252F1m%253D") == "x?Signature=C2au%2F1m%3D"

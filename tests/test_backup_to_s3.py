@@ -1,0 +1,284 @@
+"""Cloud66BackupToS3Operator and S3ToCloud66ImportOperator: emulator and S3 server over HTTP, real Airflow."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from datetime import datetime, timezone
+
+import pytest
+
+from airflow_provider_c66.exceptions import Cloud66InputError
+from airflow_provider_c66.transfers.backup_to_s3 import Cloud66BackupToS3Operator
+from airflow_provider_c66.transfers.s3_to_cloud66 import S3ToCloud66ImportOperator
+
+MiB = 1024 * 1024
+DATE = datetime(2026, 3, 4, 5, 6, 7, tzinfo=timezone.utc)
+
+
+@pytest.fixture
+def emu(cloud66_emulator_factory):
+    return cloud66_emulator_factory(split_threshold=6 * MiB, split_size=5 * MiB + 123)
+
+
+def read(s3_client, bucket, key) -> bytes:
+    return s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def keys(s3_client, bucket) -> list[str]:
+    return sorted(o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket).get("Contents", []))
+
+
+def open_uploads(s3_client, bucket) -> list:
+    return s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+
+
+def archive_bytes(emu, stack, bid) -> bytes:
+    return b"".join(emu.iter_archive(stack, bid))
+
+
+def make_op(bucket, bid, **kwargs):
+    kwargs.setdefault("asset_alias", None)
+    return Cloud66BackupToS3Operator(
+        task_id="archive", stack_id="stack-1", backup_id=bid, s3_bucket=bucket, part_size=5 * MiB, **kwargs
+    )
+
+
+def test_dag_run_archives_split_parts_joined_byte_exact(emu, s3_client, s3_bucket, aws_connection, run_dag):
+    from airflow.sdk import DAG
+
+    bid = emu.add_backup("stack-1", size=12 * MiB + 7, backup_date=DATE, database_name="app_db")
+    assert len(emu.file_ids("stack-1", bid)) == 3
+    with DAG("archive_joined", schedule=None) as dag:
+        Cloud66BackupToS3Operator(
+            task_id="archive", stack_id="stack-1", backup_id=bid, s3_bucket=s3_bucket, part_size=5 * MiB
+        )
+    dagrun = run_dag(dag)
+    assert dagrun.state == "success"
+
+    prefix = f"cloud66/stack-1/mysql/app_db/2026/03/04/{bid}/"
+    name = emu.file_names("stack-1", bid)[0].rsplit("-", 1)[0]
+    assert keys(s3_client, s3_bucket) == sorted([prefix + name, prefix + "manifest.json"])
+    data = read(s3_client, s3_bucket, prefix + name)
+    assert data == archive_bytes(emu, "stack-1", bid)
+    assert open_uploads(s3_client, s3_bucket) == []
+
+    ti = dagrun.get_task_instance("archive")
+    assert ti.state == "success"
+
+    manifest = json.loads(read(s3_client, s3_bucket, prefix + "manifest.json"))
+    assert manifest["stack_id"] == "stack-1"
+    assert manifest["backup"]["id"] == bid
+    assert manifest["sha256"] == hashlib.sha256(data).hexdigest() == emu.archive_sha256("stack-1", bid)
+    assert manifest["total_size"] == 12 * MiB + 7
+    assert [s["file_id"] for s in manifest["sources"]] == ["tar-aa", "tar-ab", "tar-ac"]
+    assert [s["size"] for s in manifest["sources"]] == [
+        5 * MiB + 123,
+        5 * MiB + 123,
+        12 * MiB + 7 - 2 * (5 * MiB + 123),
+    ]
+    (obj,) = manifest["objects"]
+    assert obj["key"] == prefix + name and obj["size"] == len(data)
+    assert obj["etag"] == s3_client.head_object(Bucket=s3_bucket, Key=prefix + name)["ETag"].strip('"')
+    assert manifest["package_version"] == "0.1.0"
+
+
+def test_not_joined_writes_one_object_per_file(emu, s3_client, s3_bucket, aws_connection):
+    bid = emu.add_backup("stack-1", size=12 * MiB, backup_date=DATE)
+    uris = make_op(s3_bucket, bid, join_parts=False, s3_key_prefix="lake/{backup_id}").execute({})
+    names = emu.file_names("stack-1", bid)
+    assert uris == [f"s3://{s3_bucket}/lake/{bid}/{n}" for n in names]
+    for fid, name in zip(emu.file_ids("stack-1", bid), names, strict=True):
+        assert read(s3_client, s3_bucket, f"lake/{bid}/{name}") == emu.file_bytes("stack-1", bid, fid)
+    manifest = json.loads(read(s3_client, s3_bucket, f"lake/{bid}/manifest.json"))
+    assert [o["key"] for o in manifest["objects"]] == [f"lake/{bid}/{n}" for n in names]
+
+
+def test_small_and_empty_backups(emu, s3_client, s3_bucket, aws_connection):
+    small = emu.add_backup("stack-1", size=1000, backup_date=DATE)
+    empty = emu.add_backup("stack-1", size=0, backup_date=DATE)
+    (uri,) = make_op(s3_bucket, small, s3_key_prefix="s/{backup_id}/").execute({})
+    assert read(s3_client, s3_bucket, uri.split("/", 3)[3]) == emu.file_bytes("stack-1", small, "tar")
+    (uri,) = make_op(s3_bucket, empty, s3_key_prefix="e/{backup_id}/").execute({})
+    assert read(s3_client, s3_bucket, uri.split("/", 3)[3]) == b""
+
+
+def test_rerun_skips_a_complete_archive(emu, s3_client, s3_bucket, aws_connection):
+    bid = emu.add_backup("stack-1", size=3 * MiB, backup_date=DATE)
+    first = make_op(s3_bucket, bid).execute({})
+    emu.clear_requests()
+    second = make_op(s3_bucket, bid).execute({})
+    assert second == first
+    assert [r for r in emu.requests if r.kind == "file"] == [], "nothing is downloaded again"
+
+
+def test_backup_dict_from_a_sensor_is_accepted(emu, s3_client, s3_bucket, aws_connection):
+    from airflow_provider_c66.hooks.cloud66 import Cloud66Hook
+
+    bid = emu.add_backup("stack-1", size=2048, backup_date=DATE)
+    record = Cloud66Hook().get_backup("stack-1", bid).to_dict()
+    (uri,) = make_op(s3_bucket, record).execute({})
+    assert uri.endswith(".tar") and f"/{bid}/" in uri
+
+
+def test_foreign_object_without_manifest_is_an_error_unless_replace(
+    emu, s3_client, s3_bucket, aws_connection
+):
+    bid = emu.add_backup("stack-1", size=2048, backup_date=DATE, database_name="app_db")
+    prefix = f"cloud66/stack-1/mysql/app_db/2026/03/04/{bid}/"
+    name = emu.file_names("stack-1", bid)[0]
+    s3_client.put_object(Bucket=s3_bucket, Key=prefix + name, Body=b"someone else's")
+    with pytest.raises(Exception, match="already exists and is not part of a complete archive"):
+        make_op(s3_bucket, bid).execute({})
+    assert read(s3_client, s3_bucket, prefix + name) == b"someone else's"
+    make_op(s3_bucket, bid, replace=True).execute({})
+    assert read(s3_client, s3_bucket, prefix + name) == emu.file_bytes("stack-1", bid, "tar")
+
+
+def test_object_left_by_an_interrupted_try_is_replaced(emu, s3_client, s3_bucket, aws_connection):
+    bid = emu.add_backup("stack-1", size=2048, backup_date=DATE, database_name="app_db")
+    prefix = f"cloud66/stack-1/mysql/app_db/2026/03/04/{bid}/"
+    name = emu.file_names("stack-1", bid)[0]
+    s3_client.put_object(
+        Bucket=s3_bucket,
+        Key=prefix + name,
+        Body=b"half",
+        Metadata={"c66-stack-id": "stack-1", "c66-backup-id": str(bid)},
+    )
+    stale = s3_client.create_multipart_upload(Bucket=s3_bucket, Key=prefix + name)["UploadId"]
+    make_op(s3_bucket, bid).execute({})
+    assert read(s3_client, s3_bucket, prefix + name) == emu.file_bytes("stack-1", bid, "tar")
+    assert stale not in [u["UploadId"] for u in open_uploads(s3_client, s3_bucket)]
+    assert open_uploads(s3_client, s3_bucket) == []
+
+
+def test_kill_mid_copy_leaves_nothing(emu, s3_client, s3_bucket, aws_connection):
+    bid = emu.add_backup("stack-1", size=16 * MiB, backup_date=DATE)
+    emu.slow_next(20, r"^/c66-backups/", 0.3)
+    op = make_op(s3_bucket, bid)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            op.execute({})
+        except BaseException as exc:
+            errors.append(exc)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    deadline = time.monotonic() + 20
+    while not [r for r in emu.requests if r.kind == "file"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    op.on_kill()
+    worker.join(30)
+    assert not worker.is_alive()
+    assert errors, "a killed copy raises"
+    assert keys(s3_client, s3_bucket) == []
+    assert open_uploads(s3_client, s3_bucket) == []
+
+
+def test_failed_backup_is_not_archived(emu, s3_client, s3_bucket, aws_connection):
+    bid = emu.add_backup("stack-1", size=2048, status=1, result="mysqldump: out of disk")
+    with pytest.raises(Exception, match="mysqldump: out of disk"):
+        make_op(s3_bucket, bid).execute({})
+    assert keys(s3_client, s3_bucket) == []
+
+
+def test_hostile_file_names_stay_under_the_prefix(emu, s3_client, s3_bucket, aws_connection):
+    bid = emu.add_backup("stack-1", size=2048, backup_date=DATE, database_name="../../etc")
+    uris = make_op(s3_bucket, bid, s3_key_prefix="safe/{database_name}/{backup_id}/").execute({})
+    stored = keys(s3_client, s3_bucket)
+    assert len(stored) == 2 and [u.split("/", 3)[3] for u in uris] == [k for k in stored if "manifest" not in k]
+    for key in stored:
+        assert key.startswith(f"safe/_.._etc/{bid}/")
+        assert ".." not in key.split("/")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"stack_id": ""}, "stack_id"),
+        ({"backup_id": 0}, "backup_id"),
+        ({"backup_id": {"id": 0}}, "backup_id"),
+        ({"backup_id": {"backup": 3}}, "backup_id"),
+        ({"s3_bucket": "Bad_Bucket"}, "s3_bucket"),
+        ({"s3_key_prefix": "/abs/"}, "s3_key_prefix"),
+        ({"s3_key_prefix": "a/../b/"}, "s3_key_prefix"),
+        ({"s3_key_prefix": "a/{nope}/"}, "s3_key_prefix"),
+        ({"s3_key_prefix": ""}, "s3_key_prefix"),
+        ({"part_size": 1024}, "part_size"),
+        ({"max_concurrency": 0}, "max_concurrency"),
+        ({"storage_class": "COLD"}, "storage_class"),
+        ({"server_side_encryption": "rot13"}, "server_side_encryption"),
+        ({"sse_kms_key_id": "k"}, "sse_kms_key_id"),
+        ({"tags": {"a": 1}}, "tags"),
+    ],
+)
+def test_bad_input_is_refused_before_any_request(emu, s3_client, s3_bucket, aws_connection, kwargs, field):
+    args = {"stack_id": "stack-1", "backup_id": 1, "s3_bucket": s3_bucket, **kwargs}
+    op = Cloud66BackupToS3Operator(task_id="t", asset_alias=None, **args)
+    with pytest.raises(Cloud66InputError) as info:
+        op.execute({})
+    assert info.value.field == field
+    assert emu.requests == []
+
+
+def test_import_from_s3_presigns_an_existing_object(emu, s3_client, s3_bucket, aws_connection):
+    s3_client.put_object(Bucket=s3_bucket, Key="a/b/db.tar", Body=b"x" * 10)
+    op = S3ToCloud66ImportOperator(
+        task_id="restore",
+        s3_bucket=s3_bucket,
+        s3_key="a/b/db.tar",
+        stack_id="stack-1",
+        group=2,
+        db_type="mysql",
+    )
+    assert op.execute({}) == "Your external backup queued for upload"
+    (post,) = [r for r in emu.requests if r.method == "POST"]
+    assert post.json["group"] == 2 and post.json["db_type"] == "mysql"
+    assert post.json["remote_url"].split("?")[0].endswith(f"/{s3_bucket}/a/b/db.tar")
+
+
+def test_import_from_s3_refuses_a_missing_object_before_calling_cloud66(emu, s3_bucket, aws_connection):
+    op = S3ToCloud66ImportOperator(
+        task_id="restore",
+        s3_bucket=s3_bucket,
+        s3_key="missing.tar",
+        stack_id="stack-1",
+        group=2,
+        db_type="mysql",
+    )
+    with pytest.raises(Exception, match="does not exist"):
+        op.execute({})
+    assert emu.requests == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"s3_key": "/abs"}, "s3_key"),
+        ({"s3_key": "s3://b/k"}, "s3_key"),
+        ({"s3_key": "a/../k"}, "s3_key"),
+        ({"group": 0}, "group"),
+        ({"db_type": "all"}, "db_type"),
+        ({"expires_in": 10}, "expires_in"),
+        ({"expires_in": 10**7}, "expires_in"),
+        ({"stack_id": "a b"}, "stack_id"),
+    ],
+)
+def test_import_bad_input(emu, s3_bucket, aws_connection, kwargs, field):
+    args = {
+        "s3_bucket": s3_bucket,
+        "s3_key": "k.tar",
+        "stack_id": "stack-1",
+        "group": 1,
+        "db_type": "mysql",
+        **kwargs,
+    }
+    with pytest.raises(Cloud66InputError) as info:
+        S3ToCloud66ImportOperator(task_id="t", **args).execute({})
+    assert info.value.field == field
+    assert emu.requests == []
