@@ -38,7 +38,7 @@ test-floor: $(FLOOR_VENV)/.installed-$(AIRFLOW_FLOOR)
 	$(FLOOR_VENV)/bin/python -m pytest
 
 demo: $(VENV)/.installed-$(AIRFLOW_VERSION)
-	$(VENV)/bin/python -m airflow_provider_c66.testing smoke
+	$(VENV)/bin/python scripts/demo.py $(DEMO_ARGS)
 
 bench: $(VENV)/.installed-$(AIRFLOW_VERSION)
 	$(VENV)/bin/python benchmarks/copy_to_s3.py

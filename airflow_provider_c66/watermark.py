@@ -201,9 +201,6 @@ class BackupWait:
             fail_on_failed_backup=flag(raw.get("fail_on_failed_backup", True), "fail_on_failed_backup"),
         )
 
-    def with_marks(self, marks: Mapping[str, Watermark]) -> BackupWait:
-        return replace(self, marks=dict(marks))
-
 
 def _opt(value: Any, check: Any) -> Any:
     return None if value is None else check(value)

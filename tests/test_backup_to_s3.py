@@ -191,7 +191,9 @@ def test_hostile_file_names_stay_under_the_prefix(emu, s3_client, s3_bucket, aws
     bid = emu.add_backup("stack-1", size=2048, backup_date=DATE, database_name="../../etc")
     uris = make_op(s3_bucket, bid, s3_key_prefix="safe/{database_name}/{backup_id}/").execute({})
     stored = keys(s3_client, s3_bucket)
-    assert len(stored) == 2 and [u.split("/", 3)[3] for u in uris] == [k for k in stored if "manifest" not in k]
+    assert len(stored) == 2 and [u.split("/", 3)[3] for u in uris] == [
+        k for k in stored if "manifest" not in k
+    ]
     for key in stored:
         assert key.startswith(f"safe/_.._etc/{bid}/")
         assert ".." not in key.split("/")

@@ -75,8 +75,8 @@ class Cloud66Hook(BaseHook):  # type: ignore[misc]
         return copy.deepcopy(CONNECTION_FORM)
 
     # --- connection -----------------------------------------------------------------------------
-    def _load_settings(self, conn: Any) -> _Settings:
-        return _Settings.from_connection(conn, self.cloud66_conn_id)
+    def _load_settings(self, conn: Any, extra: Any = None) -> _Settings:
+        return _Settings.from_connection(conn, self.cloud66_conn_id, extra)
 
     @property
     def settings(self) -> _Settings:
@@ -157,8 +157,15 @@ class Cloud66Hook(BaseHook):  # type: ignore[misc]
     async def aload_settings(self) -> None:
         """Look the connection up without blocking the event loop (triggers call this first)."""
         if self._settings is None:
-            conn = await self.aget_connection(self.cloud66_conn_id)
-            self._settings = self._load_settings(conn)
+            # Before Airflow 3.3.2 aget_connection and extra_dejson mask secrets with a blocking call
+            # to the supervisor (DeadlockImminentError in a busy triggerer); common-compat avoids it.
+            from airflow.providers.common.compat.connection import (
+                get_async_connection,
+                get_async_extra_dejson,
+            )
+
+            conn = await get_async_connection(self.cloud66_conn_id, hook=self)
+            self._settings = self._load_settings(conn, await get_async_extra_dejson(conn))
 
     def _pages(self, request: ApiRequest) -> Iterator[Any]:
         for page_number in range(1, api.MAX_PAGES + 1):
@@ -414,14 +421,15 @@ class _Settings:
         return f"_Settings(base_url={self.base_url!r}, timeout={self.timeout})"
 
     @classmethod
-    def from_connection(cls, conn: Any, conn_id: str) -> _Settings:
+    def from_connection(cls, conn: Any, conn_id: str, extra: Any = None) -> _Settings:
         token = (conn.password or "").strip()
         if not token:
             raise Cloud66InputError(
                 f"connection {conn_id!r}", "has no access token: put a Cloud 66 access token in its password"
             )
         base_url = _base_url(conn.host, conn_id)
-        extra = conn.extra_dejson if isinstance(conn.extra_dejson, dict) else {}
+        extra = conn.extra_dejson if extra is None else extra
+        extra = extra if isinstance(extra, dict) else {}
         timeout = extra.get("timeout", DEFAULT_TIMEOUT)
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float, str)):
             raise Cloud66InputError(

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from functools import cached_property
 from typing import Any
+from urllib.parse import urlsplit
 
 from airflow.providers.common.compat.sdk import (
     AirflowException,
@@ -18,7 +19,7 @@ from airflow.providers.common.compat.sdk import (
 )
 
 from airflow_provider_c66 import api, validation, watermark
-from airflow_provider_c66.hooks.cloud66 import Cloud66Hook
+from airflow_provider_c66.hooks.cloud66 import Cloud66Hook, mask_credential
 from airflow_provider_c66.models import Backup
 from airflow_provider_c66.triggers.backups import Cloud66BackupTrigger, read_event
 from airflow_provider_c66.watermark import BackupWait, Verdict
@@ -191,6 +192,8 @@ class Cloud66CreateBackupOperator(_BackupPostOperator):
     newer backup and returns those backups (``Backup.to_dict()`` each, one per type) as its XCom
     value. ``db_type="all"`` means the types the stack already has backups of; on a stack with no
     backup yet the types cannot be known, so the wait ends at the first new backup of any type.
+    A requested type the stack has no database of is waited for until the timeout. A backup that
+    lands between the watermark and the POST (the stack's own schedule) counts as new.
     A failed backup (status 1) fails the task at once, without retries, with Cloud 66's
     ``backup_result``. Without waiting, the XCom value is the API's message.
 
@@ -330,6 +333,7 @@ class Cloud66ImportBackupOperator(_BackupPostOperator):
         self._body = Cloud66Hook.import_body(
             group=self.group, db_type=self.db_type, remote_url=self.remote_url
         )
+        mask_credential(urlsplit(self._body["remote_url"]).query)  # a signed URL's query is a credential
 
     def take_watermark(self) -> BackupWait:
         group, db_type = self._body["group"], self._body["db_type"]

@@ -344,17 +344,17 @@ class Cloud66Emulator:
         self._windows: dict[str, _Window] = {}
         self._stacks: dict[str, _Stack] = {}
         self._backups: dict[str, dict[int, _Backup]] = {}
-        self._objects: dict[str, tuple[str, int, str]] = {}
+        self._objects: dict[str, tuple[str, int]] = {}  # storage_path -> (stack uid, backup id)
         self._pending: list[_Pending] = []
         self._faults: list[_Fault] = []
         self._log: list[RecordedRequest] = []
         self._next_id = 1
-        self._min_expires = 0
-        self._max_issued = 0
         self._secret = os.urandom(20)
+        self._old_secrets: list[bytes] = []
         self._digests: dict[tuple[int, int], str] = {}
         self._stopping = threading.Event()
         self._server: _Server | None = None
+        self._port: int | None = None
         self._thread: threading.Thread | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -366,6 +366,7 @@ class Cloud66Emulator:
         self._stopping.clear()
         server = _Server((self.host, self._requested_port), _Handler, self)
         self._server = server
+        self._port = int(server.server_address[1])
         self._thread = threading.Thread(
             target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="cloud66-emulator", daemon=True
         )
@@ -395,9 +396,10 @@ class Cloud66Emulator:
 
     @property
     def port(self) -> int:
-        if self._server is None:
+        """The bound port (kept after :meth:`stop`, so URLs built from it simply stop answering)."""
+        if self._port is None:
             raise RuntimeError("emulator not started")
-        return self._server.server_address[1]
+        return self._port
 
     @property
     def origin(self) -> str:
@@ -623,7 +625,9 @@ class Cloud66Emulator:
     def expire_urls(self) -> None:
         """Make every signed URL issued so far expired (403 on use); later ones stay valid."""
         with self._lock:
-            self._min_expires = max(self._max_issued + 1, self._min_expires)
+            # Rotate the signing key; URLs signed with an old key answer "Request has expired".
+            self._old_secrets.append(self._secret)
+            self._secret = os.urandom(20)
 
     def _take_fault(self, kinds: Sequence[str], path: str, method: str, kind: RequestKind) -> _Fault | None:
         with self._lock:
@@ -691,8 +695,7 @@ class Cloud66Emulator:
             id=backup_id, stack_uid=stack_uid, seed=backup_id if seed is None else seed, **fields
         )
         self._backups[stack_uid][backup_id] = backup
-        for part in self._files(backup):
-            self._objects[f"{backup.storage_path}/{part.name}"] = (stack_uid, backup_id, part.id)
+        self._objects[backup.storage_path] = (stack_uid, backup_id)
         return backup
 
     def _materialize(self) -> None:
@@ -785,15 +788,14 @@ class Cloud66Emulator:
     def _string_to_sign(self, path: str, expires: int) -> bytes:
         return f"GET\n\n\n{expires}\n{path}".encode()
 
-    def _signature(self, path: str, expires: int) -> str:
-        mac = hmac.new(self._secret, self._string_to_sign(path, expires), hashlib.sha1)
+    def _signature(self, secret: bytes, path: str, expires: int) -> str:
+        mac = hmac.new(secret, self._string_to_sign(path, expires), hashlib.sha1)
         return base64.b64encode(mac.digest()).decode()
 
     def _sign(self, backup: _Backup, part: _File) -> str:
         path = FILE_PREFIX + quote(f"{backup.storage_path}/{part.name}")
-        expires = max(int(time.time() + self.url_ttl), self._min_expires)
-        self._max_issued = max(self._max_issued, expires)
-        signature = quote(self._signature(path, expires), safe="")
+        expires = int(time.time() + self.url_ttl)
+        signature = quote(self._signature(self._secret, path, expires), safe="")
         return f"{self.origin}{path}?AWSAccessKeyId={ACCESS_KEY_ID}&Expires={expires}&Signature={signature}"
 
     def _paginate(self, items: list[Any], params: Mapping[str, str]) -> dict[str, Any]:
@@ -814,7 +816,15 @@ class Cloud66Emulator:
 
     # -- API ---------------------------------------------------------------------------------------
 
-    def _api(self, method: str, path: str, params: dict[str, Any], headers: Mapping[str, str]) -> _Reply:
+    def _api(
+        self,
+        method: str,
+        path: str,
+        params: dict[str, Any],
+        headers: Mapping[str, str],
+        *,
+        bad_body: bool = False,
+    ) -> _Reply:
         if path != API_PREFIX and not path.startswith(API_PREFIX + "/"):
             return self._error_reply(_ApiError(404, "not_found", f"No route matches {path!r}"), ())
         auth = headers.get("Authorization", "")
@@ -843,6 +853,10 @@ class Cloud66Emulator:
                 ("X-RateLimit-Limit", str(self.hourly_budget)),
                 ("X-RateLimit-Remaining", str(max(0, self.hourly_budget - window.used))),
             ]
+        if bad_body:
+            return self._error_reply(
+                _ApiError(400, "bad_request", "The request body is not valid JSON"), rate
+            )
         route = path[len(API_PREFIX) :]
         if route.endswith(".json"):
             route = route[: -len(".json")]
@@ -863,6 +877,8 @@ class Cloud66Emulator:
         self, method: str, segments: list[str], params: dict[str, Any], scopes: tuple[str, ...]
     ) -> Any:
         read = method in ("GET", "HEAD")
+        if read and "public" not in scopes:
+            raise _ApiError(403, "insufficient_scope", "This action requires the 'public' scope")
         match segments:
             case ["ping", "auth"] if read:
                 return {"response": {"ok": True, "message": "pong"}}
@@ -984,27 +1000,34 @@ class Cloud66Emulator:
                 403, _s3_error("AccessDenied", "Invalid date (should be seconds since epoch)"), xml
             )
         with self._lock:
-            revoked = expires < self._min_expires
-        if now > expires or revoked:
+            current, old = self._secret, list(self._old_secrets)
+        provided = query["Signature"].encode()
+
+        def signed_with(secret: bytes) -> bool:
+            return hmac.compare_digest(self._signature(secret, path, expires).encode(), provided)
+
+        valid = signed_with(current)
+        if now > expires or (not valid and any(signed_with(secret) for secret in old)):
             stamp = _iso(datetime.fromtimestamp(expires, timezone.utc))
             body = _s3_error(
                 "AccessDenied", "Request has expired", Expires=stamp, ServerTime=_iso(_utc_seconds(None))
             )
             return _Reply.of(403, body, xml)
         # The method is part of the string to sign: a GET-signed URL never matches HEAD, PUT, ...
-        expected = self._signature(path, expires)
-        if method != "GET" or not hmac.compare_digest(expected.encode(), query["Signature"].encode()):
+        if method != "GET" or not valid:
             message = (
                 "The request signature we calculated does not match the signature you provided. "
                 "Check your key and signing method."
             )
             return _Reply.of(403, _s3_error("SignatureDoesNotMatch", message), xml)
+        directory, _, name = path[len(FILE_PREFIX) :].rpartition("/")
         with self._lock:
-            located = self._objects.get(path[len(FILE_PREFIX) :])
-            if located is None:
-                return _Reply.of(404, _s3_error("NoSuchKey", "The specified key does not exist."), xml)
-            backup = self._backups[located[0]][located[1]]
-            part = self._file(backup, located[2])
+            located = self._objects.get(directory)
+            backup = self._backups[located[0]][located[1]] if located else None
+            parts = [p for p in self._files(backup) if p.name == name] if backup else []
+        if backup is None or not parts:
+            return _Reply.of(404, _s3_error("NoSuchKey", "The specified key does not exist."), xml)
+        part = parts[0]
         total = part.length
         etag = hashlib.md5(f"{backup.seed}:{part.offset}:{total}".encode(), usedforsecurity=False).hexdigest()
         common = [
@@ -1057,12 +1080,11 @@ def _parse_range(header: str, total: int) -> tuple[int, int] | Literal["unsatisf
             return "unsatisfiable"
         return max(0, total - suffix), total - 1
     start = int(first)
-    end = int(last) if last else total - 1
-    if end < start:
+    if last and int(last) < start:
         return None
     if start >= total:
         return "unsatisfiable"
-    return start, min(end, total - 1)
+    return start, min(int(last) if last else total - 1, total - 1)
 
 
 class _Server(ThreadingHTTPServer):
@@ -1109,6 +1131,7 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "Cloud66Emulator/1.0"
     sys_version = ""
     timeout = 300  # idle keep-alive connections give their thread back eventually
+    _replied = False
 
     @property
     def _emu(self) -> Cloud66Emulator:
@@ -1144,6 +1167,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _handle(self) -> None:
         emu = self._emu
+        self._replied = False
         method = self.command.upper()
         target = self.path
         if "://" in target.split("?", 1)[0]:  # absolute-form request target
@@ -1192,11 +1216,8 @@ class _Handler(BaseHTTPRequestHandler):
                 if kind == "file":
                     ignore = emu._take_fault(["ignore_range"], path, method, kind) is not None
                     reply = emu._file_reply(method, path, query, headers, ignore)
-                elif bad_body:
-                    error = _ApiError(400, "bad_request", "The request body is not valid JSON")
-                    reply = emu._error_reply(error, ())
                 else:
-                    reply = emu._api(method, path, params, headers)
+                    reply = emu._api(method, path, params, headers, bad_body=bad_body)
             record(reply.status)
             self._send(reply, body_fault, head_only=method == "HEAD")
         except _CONN_ERRORS:
@@ -1204,6 +1225,11 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception:
             log.exception("cloud66 emulator failed on %s %s", method, path)
             self.close_connection = True
+            if not self._replied:  # an emulator bug: say so rather than hang up silently
+                error = _ApiError(500, "internal_error", "The emulator failed; see its log")
+                with contextlib.suppress(*_CONN_ERRORS):
+                    record(500)
+                    self._send(emu._error_reply(error, ()), None, head_only=method == "HEAD")
 
     def _injected_reply(self, path: str, method: str, kind: RequestKind) -> _Reply | None:
         fault = self._emu._take_fault(["fail", "rate_limit", "malformed"], path, method, kind)
@@ -1226,6 +1252,7 @@ class _Handler(BaseHTTPRequestHandler):
         return _Reply.of(fault.status, body, "application/json; charset=utf-8", extra)
 
     def _send(self, reply: _Reply, fault: _Fault | None, *, head_only: bool) -> None:
+        self._replied = True
         self.send_response(reply.status)
         for name, value in reply.headers:
             self.send_header(name, value)

@@ -84,7 +84,10 @@ _T = TypeVar("_T")
 
 
 class CopyError(Exception):
-    """The copy failed and nothing was left in S3; the message names the file and the byte range."""
+    """The copy failed: no partial object was written and no multipart upload is left open.
+
+    The message names the file and byte range (or the S3 operation), never a signed URL's query.
+    """
 
 
 class CopyCancelled(CopyError):
@@ -644,38 +647,23 @@ class _ArchiveCopy:
             checksum = _crc32(data)
             self.coordinator.check_main()
             answer = self._s3(
-                "PutObject",
-                self.client.put_object,
-                Bucket=self.bucket,
-                Key=self.key,
-                Body=data,
-                ChecksumCRC32=checksum,
-                **self.extra,
+                "PutObject", self.client.put_object, Body=data, ChecksumCRC32=checksum, **self.extra
             )
             return answer["ETag"], hashlib.sha256(data).hexdigest(), answer.get("VersionId")
         finally:
             self.buffers.give_back()
 
     def _multipart(self, parts: Sequence[_Part]) -> tuple[str, str, str | None]:
-        created = self._s3(
-            "CreateMultipartUpload",
-            self.client.create_multipart_upload,
-            Bucket=self.bucket,
-            Key=self.key,
-            ChecksumAlgorithm="CRC32",
-            **self.extra,
-        )
-        upload_id = created["UploadId"]
+        create = self.client.create_multipart_upload
+        upload_id = self._s3("CreateMultipartUpload", create, ChecksumAlgorithm="CRC32", **self.extra)[
+            "UploadId"
+        ]
         try:
             completed, digest = self._upload_parts(upload_id, parts)
             self.coordinator.check_main()  # a cancel that arrives now still leaves nothing behind
+            complete = self.client.complete_multipart_upload
             answer = self._s3(
-                "CompleteMultipartUpload",
-                self.client.complete_multipart_upload,
-                Bucket=self.bucket,
-                Key=self.key,
-                UploadId=upload_id,
-                MultipartUpload={"Parts": completed},
+                "CompleteMultipartUpload", complete, UploadId=upload_id, MultipartUpload={"Parts": completed}
             )
         except BaseException:
             self._abort(upload_id)
@@ -697,12 +685,10 @@ class _ArchiveCopy:
             while window:
                 completed.append(self._collect(window.popleft(), digest))
         except BaseException as exc:
-            self.coordinator.fail(exc)  # workers stop at their next read
-            for future in window:
-                future.cancel()
+            self.coordinator.fail(exc)  # running workers stop at their next read
             raise
         finally:
-            pool.shutdown(wait=True)  # no UploadPart may still run when the upload is aborted
+            pool.shutdown(wait=True, cancel_futures=True)  # no UploadPart may run once the upload is aborted
         return completed, digest.hexdigest()
 
     def _collect(self, future: Future[_Uploaded], digest: hashlib._Hash) -> CompletedPartTypeDef:
@@ -726,8 +712,6 @@ class _ArchiveCopy:
             answer = self._s3(
                 f"UploadPart ({part.describe()})",
                 self.client.upload_part,
-                Bucket=self.bucket,
-                Key=self.key,
                 UploadId=upload_id,
                 PartNumber=part.number,
                 Body=data,
@@ -755,9 +739,9 @@ class _ArchiveCopy:
         """HeadObject must show the archive's size before the copy is reported done."""
         # "null" is the version of an unversioned bucket's object: the latest one, so no need to name it.
         which: dict[str, Any] = {"VersionId": version} if version and version != "null" else {}
-        head = self._s3("HeadObject", self.client.head_object, Bucket=self.bucket, Key=self.key, **which)
+        head = self._s3("HeadObject", self.client.head_object, **which)
         if head.get("ContentLength") != size:
-            self._s3("DeleteObject", self.client.delete_object, Bucket=self.bucket, Key=self.key, **which)
+            self._s3("DeleteObject", self.client.delete_object, **which)
             raise CopyError(
                 f"{self.target}: S3 reports {head.get('ContentLength')} bytes after the upload, "
                 f"expected {size}; the object was deleted"
@@ -776,8 +760,9 @@ class _ArchiveCopy:
             )
 
     def _s3(self, operation: str, call: Callable[..., _T], **kwargs: Any) -> _T:
+        """Call an S3 operation on this key; any failure becomes a CopyError naming the key."""
         try:
-            return call(**kwargs)
+            return call(Bucket=self.bucket, Key=self.key, **kwargs)
         except Exception as exc:
             raise CopyError(f"{self.target}: S3 {operation} failed: {exc}") from exc
 

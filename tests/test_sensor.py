@@ -1,0 +1,333 @@
+"""Cloud66BackupSensor end to end through ``dag.test()`` against the emulator, in every mode."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from airflow.providers.common.compat.sdk import AirflowException, AirflowSensorTimeout
+from airflow.sdk import DAG
+
+from airflow_provider_c66.exceptions import Cloud66InputError
+from airflow_provider_c66.models import Backup
+from airflow_provider_c66.sensors.backups import Cloud66BackupSensor
+from airflow_provider_c66.watermark import ANY_TYPE, Watermark
+
+LIST_PATH = "/api/3/stacks/stack-1/backups.json"
+MODES = ["poke", "reschedule", "deferrable"]
+
+
+# --- helpers shared with test_operators -----------------------------------------------------------
+def xcom_value(dagrun: Any, task_id: str) -> Any:
+    """The task's return value as Airflow stored it."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        query = XComModel.get_many(
+            run_id=dagrun.run_id, dag_ids=dagrun.dag_id, task_ids=task_id, key="return_value"
+        )
+        row = session.scalars(query).first()
+        return None if row is None else XComModel.deserialize_value(row)
+
+
+def task_instance(dagrun: Any, task_id: str) -> Any:
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        return dagrun.get_task_instance(task_id, session=session)
+
+
+def when_requests(
+    emu: Any, count: int, action: Callable[[], object], method: str = "GET"
+) -> threading.Thread:
+    """Run ``action`` as soon as the emulator has answered ``count`` requests of ``method``."""
+
+    def watch() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if sum(r.method == method for r in emu.requests) >= count:
+                action()
+                return
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+def record(emu: Any, backup_id: int, stack: str = "stack-1") -> dict[str, Any]:
+    """What the XCom value of a backup must be: the API's record as ``Backup.to_dict()`` writes it."""
+    raw = next(r for r in emu.backups(stack) if r["id"] == backup_id)
+    return Backup.from_api(raw).to_dict()
+
+
+class Failures:
+    """Keeps the exceptions a task failed with (``on_failure_callback`` gets none on Airflow 3.1)."""
+
+    def __init__(self) -> None:
+        self.errors: list[BaseException] = []
+
+    def wrap(self, cls: type) -> type:
+        """``cls`` recording what its ``execute`` and ``execute_complete`` raise (deferral aside)."""
+        errors = self.errors
+
+        def recorded(method: Callable[..., Any]) -> Callable[..., Any]:
+            def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+                try:
+                    return method(self, *args, **kwargs)
+                except Exception as exc:
+                    if type(exc).__name__ not in ("TaskDeferred", "AirflowRescheduleException"):
+                        errors.append(exc)
+                    raise
+
+            return call
+
+        return type(
+            cls.__name__,
+            (cls,),
+            {"execute": recorded(cls.execute), "execute_complete": recorded(cls.execute_complete)},
+        )
+
+    @property
+    def only(self) -> BaseException:
+        (error,) = self.errors
+        return error
+
+
+def mode_args(mode: str) -> dict[str, Any]:
+    if mode == "deferrable":
+        return {"deferrable": True}
+    return {"deferrable": False, "mode": mode}
+
+
+def list_gets(emu: Any, path: str = LIST_PATH) -> list[Any]:
+    return [r for r in emu.requests if r.method == "GET" and r.path == path]
+
+
+NOW = datetime.now(timezone.utc).replace(microsecond=0)
+RUN = NOW - timedelta(hours=1)  # the logical date (and data interval start) of the test runs
+
+
+def run_sensor(
+    run_dag: Any,
+    dag_id: str,
+    logical_date: datetime | None = RUN,
+    failures: Failures | None = None,
+    **kwargs: Any,
+) -> Any:
+    sensor_class = failures.wrap(Cloud66BackupSensor) if failures else Cloud66BackupSensor
+    with DAG(dag_id, schedule=None, params=kwargs.pop("params", {})) as dag:
+        sensor_class(task_id="wait", stack_id=kwargs.pop("stack_id", "stack-1"), **kwargs)
+    return run_dag(dag, logical_date=logical_date)
+
+
+# --- end to end -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", MODES)
+def test_waits_for_a_new_matching_backup_and_returns_it(cloud66_emulator, run_dag, mode):
+    emu = cloud66_emulator
+    emu.add_backup("stack-1", backup_date=RUN - timedelta(hours=1))  # before the data interval
+    emu.add_backup("stack-1", backup_date=NOW, group=2)  # other group
+    emu.add_backup("stack-1", db_type="redis", database_name="cache", backup_date=NOW, status=1)
+    emu.add_backup("stack-1", database_name="other_db", backup_date=NOW)
+    new: list[int] = []
+    when_requests(
+        emu, 1, lambda: new.append(emu.add_backup("stack-1", backup_date=NOW + timedelta(minutes=1)))
+    )
+
+    dagrun = run_sensor(
+        run_dag,
+        f"sensor_{mode}",
+        db_type="mysql",
+        group=1,
+        database_name="app_db",
+        poke_interval=0.2,
+        **mode_args(mode),
+    )
+
+    assert dagrun.state == "success"
+    assert xcom_value(dagrun, "wait") == record(emu, new[0])
+    assert [r.query for r in list_gets(emu)] == [{"db_type": "mysql", "group": "1", "page": "1"}] * 2
+    assert len(emu.requests) == 2
+
+
+def test_deferrable_returns_at_once_when_the_backup_is_already_there(cloud66_emulator, run_dag):
+    emu = cloud66_emulator
+    there = emu.add_backup("stack-1", backup_date=NOW)
+    dagrun = run_sensor(run_dag, "sensor_already_there", deferrable=True, poke_interval=0.2)
+    assert dagrun.state == "success"
+    assert xcom_value(dagrun, "wait") == record(emu, there)
+    assert len(emu.requests) == 1  # the check before deferring; no trigger ran
+
+
+@pytest.mark.parametrize("mode", ["poke", "deferrable"])
+def test_a_failed_backup_fails_at_once_with_backup_result(cloud66_emulator, run_dag, mode):
+    emu = cloud66_emulator
+    failures = Failures()
+    result = "Backup failed: mysqldump exited with status 2 (Got error 28 from storage engine)"
+    when_requests(emu, 1, lambda: emu.add_backup("stack-1", backup_date=NOW, status=1, result=result))
+
+    dagrun = run_sensor(
+        run_dag,
+        f"sensor_failed_{mode}",
+        poke_interval=0.2,
+        timeout=30,
+        failures=failures,
+        **mode_args(mode),
+    )
+
+    assert dagrun.state == "failed"
+    assert isinstance(failures.only, AirflowException)
+    assert result in str(failures.only) and "stack 'stack-1'" in str(failures.only)
+    assert len(list_gets(emu)) == 2
+
+
+def test_fail_on_failed_backup_false_waits_for_a_good_one(cloud66_emulator, run_dag):
+    emu = cloud66_emulator
+    emu.add_backup("stack-1", backup_date=NOW, status=1, result="boom")
+    good: list[int] = []
+    when_requests(
+        emu, 1, lambda: good.append(emu.add_backup("stack-1", backup_date=NOW + timedelta(minutes=1)))
+    )
+    dagrun = run_sensor(
+        run_dag,
+        "sensor_skip_failed",
+        fail_on_failed_backup="{{ params.strict }}",
+        params={"strict": False},
+        poke_interval=0.2,
+    )
+    assert dagrun.state == "success"
+    assert xcom_value(dagrun, "wait") == record(emu, good[0])
+    assert len(list_gets(emu)) == 2
+
+
+@pytest.mark.parametrize("mode", ["poke", "deferrable"])
+def test_timeout_says_what_was_awaited(cloud66_emulator, run_dag, mode):
+    emu = cloud66_emulator
+    emu.add_backup("stack-1", backup_date=RUN - timedelta(minutes=5))
+    failures = Failures()
+    dagrun = run_sensor(
+        run_dag,
+        f"sensor_timeout_{mode}",
+        db_type="mysql",
+        poke_interval=0.2,
+        timeout=0.7,
+        failures=failures,
+        **mode_args(mode),
+    )
+    assert dagrun.state == "failed"
+    error = failures.only
+    assert isinstance(error, AirflowSensorTimeout)
+    message = str(error)
+    assert "Timed out after" in message and "stack 'stack-1' (db_type='mysql')" in message
+    assert f"dated after {RUN.isoformat().replace('+00:00', 'Z')}" in message
+    assert 2 <= len(list_gets(emu)) <= 7
+
+
+def test_templated_after_backup_id(cloud66_emulator, run_dag):
+    emu = cloud66_emulator
+    first = emu.add_backup("stack-1", backup_date=RUN - timedelta(hours=5))
+    second = emu.add_backup("stack-1", backup_date=RUN - timedelta(hours=4))
+    dagrun = run_sensor(
+        run_dag,
+        "sensor_after_id",
+        after_backup_id="{{ params.after }}",
+        params={"after": first},
+        poke_interval=0.2,
+    )
+    assert dagrun.state == "success"
+    assert xcom_value(dagrun, "wait") == record(emu, second)
+    assert len(emu.requests) == 1
+
+
+def test_templated_newer_than_iso_string(cloud66_emulator, run_dag):
+    emu = cloud66_emulator
+    emu.add_backup("stack-1", backup_date=NOW - timedelta(minutes=30))
+    later = emu.add_backup("stack-1", backup_date=NOW - timedelta(minutes=10))
+    dagrun = run_sensor(
+        run_dag,
+        "sensor_newer_than",
+        newer_than="{{ (data_interval_start + macros.timedelta(minutes=45)).isoformat() }}",
+        poke_interval=0.2,
+    )
+    assert dagrun.state == "success"
+    assert xcom_value(dagrun, "wait") == record(emu, later)
+
+
+def test_run_without_logical_date_waits_from_run_after(cloud66_emulator, run_dag):
+    emu = cloud66_emulator
+    emu.add_backup("stack-1", backup_date=NOW - timedelta(minutes=1))
+    new = emu.add_backup("stack-1", backup_date=datetime.now(timezone.utc) + timedelta(minutes=5))
+    dagrun = run_sensor(run_dag, "sensor_no_logical_date", logical_date=None, poke_interval=0.2)
+    assert dagrun.state == "success"
+    assert xcom_value(dagrun, "wait") == record(emu, new)
+
+
+# --- arguments ------------------------------------------------------------------------------------
+def test_default_watermark_falls_back_from_data_interval_to_run_after():
+    sensor = Cloud66BackupSensor(task_id="w", stack_id="stack-1")
+    start, logical, after = RUN, RUN + timedelta(minutes=1), RUN + timedelta(minutes=2)
+    run = SimpleNamespace(run_after=after, start_date=None)
+    full = {"data_interval_start": start, "logical_date": logical, "dag_run": run}
+    assert sensor.build_wait(full).marks == {ANY_TYPE: Watermark(start)}
+    assert sensor.build_wait({**full, "data_interval_start": None}).marks == {ANY_TYPE: Watermark(logical)}
+    assert sensor.build_wait({"dag_run": run}).marks == {ANY_TYPE: Watermark(after)}
+    with pytest.raises(Cloud66InputError, match="newer_than: has no default"):
+        sensor.build_wait({})
+
+
+def test_defaults_keep_100_waits_under_the_hourly_budget():
+    sensor = Cloud66BackupSensor(task_id="w", stack_id="stack-1")
+    assert sensor.poke_interval == 150
+    assert 100 * 3600 / sensor.poke_interval < 3000
+    assert set(sensor.template_fields) == {
+        "stack_id",
+        "db_type",
+        "database_name",
+        "group",
+        "newer_than",
+        "after_backup_id",
+        "fail_on_failed_backup",
+        "cloud66_conn_id",
+    }
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"stack_id": "no such/stack"}, "stack_id"),
+        ({"db_type": "oracle"}, "db_type"),
+        ({"group": "0"}, "group"),
+        ({"database_name": " "}, "database_name"),
+        ({"newer_than": "yesterday"}, "newer_than"),
+        ({"after_backup_id": "-3"}, "after_backup_id"),
+        ({"newer_than": "2026-01-01T00:00:00Z", "after_backup_id": 4}, "newer_than"),
+        ({"fail_on_failed_backup": "maybe"}, "fail_on_failed_backup"),
+    ],
+)
+@pytest.mark.parametrize("deferrable", [False, True])
+def test_bad_input_is_refused_before_any_request(cloud66_emulator, kwargs, field, deferrable):
+    sensor = Cloud66BackupSensor(task_id="w", **{"stack_id": "stack-1", **kwargs}, deferrable=deferrable)
+    with pytest.raises(Cloud66InputError) as info:
+        sensor.execute({"data_interval_start": RUN})
+    assert info.value.field == field
+    assert cloud66_emulator.requests == []
+
+
+def test_bad_templated_input_fails_the_task_before_any_request(cloud66_emulator, run_dag):
+    failures = Failures()
+    dagrun = run_sensor(
+        run_dag,
+        "sensor_bad_input",
+        db_type="{{ params.kind }}",
+        params={"kind": "oracle"},
+        failures=failures,
+    )
+    assert dagrun.state == "failed"
+    assert isinstance(failures.only, Cloud66InputError) and failures.only.field == "db_type"
+    assert cloud66_emulator.requests == []
