@@ -75,6 +75,11 @@ class ApiRequest:
     body: Mapping[str, Any] | None = None
     subject: str = ""
 
+    @property
+    def idempotent(self) -> bool:
+        """Whether sending it twice is harmless (a POST creates a backup task or an import)."""
+        return self.method in ("GET", "HEAD")
+
     def url(self, base_url: str) -> str:
         return base_url.rstrip("/") + self.path
 
@@ -195,7 +200,10 @@ def interpret(request: ApiRequest, status: int, headers: Mapping[str, str], body
         return Outcome(error=throttled, retryable=True, reset_at=reset)
     if status == 429 or status == 408 or (status >= 500 and error_id != "not_implemented"):
         error = Cloud66ApiError(f"{where}: Cloud 66 answered {detail}", **ctx)
-        return Outcome(error=error, retryable=True, retry_after=parse_retry_after(headers))
+        # A POST that got a 5xx may have been carried out: repeating it could create a second
+        # backup task. Only "rejected, try later" (429) is safe to repeat for every method.
+        retryable = request.idempotent or status == 429
+        return Outcome(error=error, retryable=retryable, retry_after=parse_retry_after(headers))
     if status == 401:
         message = f"{where}: Cloud 66 rejected the access token ({detail}); check the connection's password"
         return Outcome(error=Cloud66AuthError(message, **ctx))
@@ -217,12 +225,16 @@ def interpret(request: ApiRequest, status: int, headers: Mapping[str, str], body
     return Outcome(error=Cloud66ApiError(f"{where}: Cloud 66 answered {detail}", **ctx))
 
 
-def transport_failure(request: ApiRequest, exc: BaseException) -> Outcome:
-    """A request that got no answer (refused, reset, timed out): always worth another try."""
+def transport_failure(request: ApiRequest, exc: BaseException, *, maybe_sent: bool = True) -> Outcome:
+    """A request that got no answer (refused, reset, timed out).
+
+    Worth another try, except a POST that may have reached Cloud 66 (``maybe_sent``): it is not
+    repeated, so a dropped answer never turns into two backup tasks.
+    """
     message = f"{request.method} {request.path}: no answer from Cloud 66 ({type(exc).__name__}: {exc})"
     return Outcome(
         error=Cloud66ApiError(redact_text(message), method=request.method, path=request.path),
-        retryable=True,
+        retryable=request.idempotent or not maybe_sent,
     )
 
 

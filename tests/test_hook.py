@@ -430,3 +430,38 @@ def test_provider_is_discovered_by_airflow():
     behaviour = Cloud66Hook.get_ui_field_behaviour()
     assert set(behaviour["hidden_fields"]) == {"schema", "port", "login"}
     assert behaviour["relabeling"] == {"host": "API URL", "password": "Access token"}
+
+
+def test_a_post_that_may_have_been_carried_out_is_not_repeated(cloud66_emulator, hook):
+    emu = cloud66_emulator
+    emu.fail_next(1, r"/backups\.json$", status=502, method="POST")
+    with pytest.raises(Cloud66ApiError, match="502"):
+        hook.create_backup_task("stack-1")
+    emu.drop_connection_next(1, r"/backups\.json$", after_bytes=0, method="POST")
+    with pytest.raises(Cloud66ApiError, match="no answer from Cloud 66"):
+        hook.create_backup_task("stack-1")
+    assert len(api_requests(emu, "POST")) == 2, "each POST was sent once"
+
+
+def test_a_post_refused_with_429_is_repeated(cloud66_emulator, hook, monkeypatch):
+    monkeypatch.setattr("airflow_provider_c66.hooks.cloud66.time.sleep", lambda s: None)
+    cloud66_emulator.rate_limit_next(1, r"/backups\.json$", retry_after=1)
+    assert hook.create_backup_task("stack-1") == "queued for creation"
+    assert [r.status for r in api_requests(cloud66_emulator, "POST")] == [429, 200]
+
+
+def test_a_refused_connection_is_retried_even_for_a_post(monkeypatch):
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again: nothing listens there
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_CLOUD66_DEFAULT",
+        json.dumps({"conn_type": "cloud66", "host": f"http://127.0.0.1:{port}/api/3", "password": "t"}),
+    )
+    calls: list[float] = []
+    monkeypatch.setattr("airflow_provider_c66.hooks.cloud66.time.sleep", calls.append)
+    with pytest.raises(Cloud66ApiError, match="no answer"):
+        Cloud66Hook(retry_policy=FAST).create_backup_task("stack-1")
+    assert len([c for c in calls if c > 0]) == FAST.max_attempts - 1

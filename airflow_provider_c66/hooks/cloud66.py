@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import requests
+import urllib3.exceptions
 
 from airflow_provider_c66 import api, validation
 from airflow_provider_c66.api import ApiRequest, Attempts, Outcome, RateBudget, RetryPolicy, segment
@@ -116,7 +117,7 @@ class Cloud66Hook(BaseHook):  # type: ignore[misc]
                 requests.Timeout,
                 requests.exceptions.ChunkedEncodingError,
             ) as exc:
-                outcome = api.transport_failure(request, exc)
+                outcome = api.transport_failure(request, exc, maybe_sent=_maybe_sent(exc))
             if outcome.page is not None:
                 return outcome.page
             delay = attempts.delay_after(request, outcome)
@@ -147,7 +148,10 @@ class Cloud66Hook(BaseHook):  # type: ignore[misc]
                 outcome = api.interpret(request, response.status, headers, body)
                 self.budget.observe(outcome, headers)
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                outcome = api.transport_failure(request, exc)
+                connect_failed = isinstance(
+                    exc, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+                )
+                outcome = api.transport_failure(request, exc, maybe_sent=not connect_failed)
             if outcome.page is not None:
                 return outcome.page
             delay = attempts.delay_after(request, outcome)
@@ -401,6 +405,15 @@ class Cloud66Hook(BaseHook):  # type: ignore[misc]
             True,
             f"Connected to Cloud 66 at {base_url}; the token sees {count} stack(s) on the first page.",
         )
+
+
+def _maybe_sent(exc: BaseException) -> bool:
+    """False only when the request certainly never left: the connection could not be opened."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return False
+    reason = exc.args[0] if exc.args else None
+    inner = getattr(reason, "reason", None)
+    return not isinstance(inner, urllib3.exceptions.NewConnectionError)
 
 
 class _Settings:
