@@ -18,7 +18,6 @@ import hashlib
 import http.client
 import http.cookiejar
 import logging
-import random
 import re
 import threading
 import time
@@ -34,7 +33,7 @@ import requests
 import requests.adapters
 import urllib3.exceptions
 
-from airflow_provider_c66.api import parse_retry_after, redact_text
+from airflow_provider_c66.api import RetryPolicy, parse_retry_after, redact_text
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -358,6 +357,7 @@ class _Downloader:
         self.settings = settings
         self.coordinator = coordinator
         self.log = log
+        self.policy = RetryPolicy(backoff_base=settings.backoff_base, backoff_max=settings.backoff_max)
         self.session = _plain_session(settings.max_concurrency)
         _redact_urllib3_logs()
 
@@ -403,9 +403,9 @@ class _Downloader:
                 self.coordinator.sleep(delay)
 
     def _backoff(self, failures: int, retry_after: float | None) -> float:
-        cap = self.settings.backoff_max
-        delay = random.uniform(0, min(cap, self.settings.backoff_base * 2 ** (failures - 1)))
-        return max(delay, min(retry_after, cap)) if retry_after is not None else delay
+        """The package's one backoff curve (:class:`~airflow_provider_c66.api.RetryPolicy`)."""
+        delay = self.policy.backoff(failures)
+        return max(delay, min(retry_after, self.policy.backoff_max)) if retry_after is not None else delay
 
     def _get(self, url: str, first: int, last: int) -> requests.Response:
         timeout = (self.settings.connect_timeout, self.settings.read_timeout)
