@@ -465,3 +465,30 @@ def test_a_refused_connection_is_retried_even_for_a_post(monkeypatch):
     with pytest.raises(Cloud66ApiError, match="no answer"):
         Cloud66Hook(retry_policy=FAST).create_backup_task("stack-1")
     assert len([c for c in calls if c > 0]) == FAST.max_attempts - 1
+
+
+def test_provider_info_declares_the_connection_form():
+    from airflow_provider_c66.get_provider_info import get_provider_info
+
+    (conn_type,) = get_provider_info()["connection-types"]
+    assert conn_type["connection-type"] == "cloud66"
+    assert conn_type["hook-class-name"] == "airflow_provider_c66.hooks.cloud66.Cloud66Hook"
+    behaviour = conn_type["ui-field-behaviour"]
+    assert behaviour["hidden-fields"] == ["schema", "port", "login"]
+    assert behaviour["relabeling"] == {"host": "API URL", "password": "Access token"}
+
+
+def test_airflow_providers_list_shows_the_provider():
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "airflow", "providers", "list", "--output", "json"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=True,
+    )
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith('[{"package_name"')]
+    listed = {item["package_name"]: item for item in json.loads(line)}
+    assert listed["airflow-provider-c66"]["version"] == "0.1.0"
