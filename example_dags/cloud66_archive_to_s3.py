@@ -95,7 +95,7 @@ with DAG(
             s3_key_prefix="{{ params.s3_key_prefix }}",
         ).output
 
-    @task(trigger_rule="all_done")
+    @task(trigger_rule="all_done", retries=0)  # upstream states are final: a retry cannot change them
     def summary(archived: Any, wanted: list[dict[str, str]]) -> dict[str, Any]:
         """List what landed; fail the run (after reporting) if any pair was not archived."""
         uris = [uri for result in archived or [] if result for uri in result]

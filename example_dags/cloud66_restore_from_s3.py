@@ -46,7 +46,10 @@ with DAG(
         stack_id="{{ params.stack_id }}",
         db_type="{{ params.db_type }}",
         group="{{ params.group }}",
-        newer_than="{{ ti.start_date.isoformat() }}",
+        # Before the import was requested (the run's start, reset when the run is cleared), not when
+        # this sensor starts: an import that finishes first must count. Cloud 66 dates backups to
+        # the second, so one second earlier still admits a backup dated in the run's first second.
+        newer_than="{{ ((dag_run.start_date or dag_run.run_after) - macros.timedelta(seconds=1)).isoformat() }}",
         deferrable=True,
         poke_interval=60,
         timeout=6 * 3600,

@@ -9,6 +9,7 @@ from typing import Any
 
 from airflow.providers.common.compat.sdk import (
     AirflowException,
+    AirflowFailException,
     AirflowSensorTimeout,
     BaseSensorOperator,
     Context,
@@ -145,8 +146,8 @@ class Cloud66BackupSensor(BaseSensorOperator):  # type: ignore[misc]
     def _judge(self, wait: BackupWait, verdict: Verdict | None) -> PokeReturnValue | None:
         if verdict is None or not verdict.done:
             return None
-        if verdict.status == "failed":
-            raise AirflowException(watermark.outcome_message(wait, verdict))
+        if verdict.status == "failed":  # final: a retry would find the same failed backup
+            raise AirflowFailException(watermark.outcome_message(wait, verdict))
         self.log.info("%s", watermark.outcome_message(wait, verdict))
         return PokeReturnValue(is_done=True, xcom_value=verdict.backups[0].to_dict())
 
@@ -158,6 +159,8 @@ class Cloud66BackupSensor(BaseSensorOperator):  # type: ignore[misc]
             return result.backup.to_dict()
         if result.status == "timeout":
             raise AirflowSensorTimeout(result.message)
+        if result.status == "failed":
+            raise AirflowFailException(result.message)
         raise AirflowException(result.message)
 
 

@@ -1,0 +1,496 @@
+"""The example DAGs and the demo: they parse cleanly and cheaply, and each runs end to end.
+
+Each DAG is loaded from its file and run through Airflow (``dag.test()``) against the Cloud 66
+emulator and the moto S3 server, both over HTTP; what lands in the bucket is compared byte for byte
+with the emulator's source. The demo script (``make demo``) is run as a user would run it.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import importlib.util
+import inspect
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from tests.test_sensor import record
+
+ROOT = Path(__file__).resolve().parent.parent
+DAG_FOLDER = ROOT / "example_dags"
+ARCHIVE = "cloud66_archive_to_s3"
+SETUP = "cloud66_setup_backup_tasks"
+RESTORE = "cloud66_restore_from_s3"
+MiB = 1024 * 1024
+OLD = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+WAIT = "archive.wait_for_backup"
+COPY = "archive.copy_to_s3"
+
+
+# --- helpers --------------------------------------------------------------------------------------
+def load_dag(name: str) -> Any:
+    """The DAG object of ``example_dags/<name>.py``, imported afresh (module-level settings re-read)."""
+    spec = importlib.util.spec_from_file_location(f"{name}_{uuid.uuid4().hex[:8]}", DAG_FOLDER / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.dag
+
+
+def xcom_value(dagrun: Any, task_id: str, map_index: int = -1) -> Any:
+    """The return value Airflow stored for one (possibly mapped) task instance, or None."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        query = XComModel.get_many(
+            run_id=dagrun.run_id,
+            dag_ids=dagrun.dag_id,
+            task_ids=task_id,
+            map_indexes=map_index,
+            key="return_value",
+        )
+        row = session.scalars(query).first()
+        return None if row is None else XComModel.deserialize_value(row)
+
+
+def states(dagrun: Any) -> dict[tuple[str, int], str]:
+    """Every task instance of the run: ``(task_id, map_index) -> state``."""
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        return {
+            (ti.task_id, ti.map_index): str(ti.state) for ti in dagrun.get_task_instances(session=session)
+        }
+
+
+def s3_listing(s3_client: Any, bucket: str) -> dict[str, tuple[int, str, Any]]:
+    """``key -> (size, etag, last modified)`` of every object in the bucket."""
+    contents = s3_client.list_objects_v2(Bucket=bucket).get("Contents", [])
+    return {o["Key"]: (o["Size"], o["ETag"], o["LastModified"]) for o in contents}
+
+
+def read(s3_client: Any, bucket: str, key: str) -> bytes:
+    return s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def archive_key(emu: Any, stack: str, backup_id: int) -> tuple[str, str]:
+    """(object key, manifest key) the archive DAG must write for a backup, from the emulator's record."""
+    raw = next(r for r in emu.backups(stack) if r["id"] == backup_id)
+    day = datetime.strptime(raw["backup_date_iso"], "%Y-%m-%dT%H:%M:%SZ")
+    prefix = f"cloud66/{stack}/{raw['db_type']}/{raw['database_name']}/{day:%Y/%m/%d}/{backup_id}/"
+    (name,) = {n.rsplit("-", 1)[0] if ".tar-" in n else n for n in emu.file_names(stack, backup_id)}
+    return prefix + name, prefix + "manifest.json"
+
+
+def file_requests_of(emu: Any, stack: str, backup_id: int) -> list[Any]:
+    """Signed-URL file requests for one backup (``.../backups/<md5 of stack>/<type>/<name>_<id>/...``)."""
+    stack_dir = "/" + hashlib.md5(stack.encode(), usedforsecurity=False).hexdigest() + "/"
+    return [
+        r for r in emu.requests if r.kind == "file" and stack_dir in r.path and f"_{backup_id}/" in r.path
+    ]
+
+
+# --- 1. integrity ---------------------------------------------------------------------------------
+def test_dagbag_has_the_three_dags_without_import_errors():
+    try:
+        from airflow.dag_processing.dagbag import DagBag
+    except ImportError:  # Airflow < 3.2
+        from airflow.models.dagbag import DagBag  # type: ignore[no-redef]
+
+    kwargs: dict[str, Any] = {"dag_folder": str(DAG_FOLDER)}
+    if "include_examples" in inspect.signature(DagBag.__init__).parameters:  # removed in Airflow 3.2
+        kwargs["include_examples"] = False
+    bag = DagBag(**kwargs)
+
+    assert bag.import_errors == {}
+    assert sorted(bag.dag_ids) == [ARCHIVE, RESTORE, SETUP]
+    for dag_id in bag.dag_ids:
+        dag = bag.dags[dag_id]
+        assert Path(dag.fileloc) == DAG_FOLDER / f"{dag_id}.py"
+        module_doc = ast.get_docstring(ast.parse(Path(dag.fileloc).read_text()))
+        doc = dag.doc_md or module_doc
+        assert doc and "Use it" in doc and "Connections:" in doc, dag_id
+        # The docstring names every connection the DAG's tasks use.
+        conn_ids = {
+            getattr(task, attr)
+            for task in dag.tasks
+            for attr in ("cloud66_conn_id", "aws_conn_id")
+            if getattr(task, attr, None)
+        }
+        assert conn_ids, dag_id
+        for conn_id in conn_ids:
+            assert f"``{conn_id}``" in doc, (dag_id, conn_id)
+        assert "cloud66" in dag.tags and len(dag.tags) >= 2, dag_id
+    assert bag.dags[ARCHIVE].schedule == "@daily"
+    assert bag.dags[SETUP].schedule is None and bag.dags[RESTORE].schedule is None
+
+
+# --- 2. import time -------------------------------------------------------------------------------
+def run_python(code: str) -> subprocess.CompletedProcess[str]:
+    """``code`` in a fresh interpreter with the test session's environment, from the repo root."""
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=ROOT,
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+def test_importing_the_package_does_not_import_boto3():
+    result = run_python(
+        """
+        import importlib, json, sys
+        heavy = ("boto3", "botocore", "aiobotocore", "s3transfer")
+        found = {}
+        for name in (
+            "airflow_provider_c66",
+            "airflow_provider_c66.hooks.cloud66",
+            "airflow_provider_c66.operators.backups",
+            "airflow_provider_c66.sensors.backups",
+            "airflow_provider_c66.triggers.backups",
+            "airflow_provider_c66.transfers.archive",
+            "airflow_provider_c66.transfers.copy_engine",
+            "airflow_provider_c66.transfers.backup_to_s3",
+            "airflow_provider_c66.transfers.s3_to_cloud66",
+        ):
+            importlib.import_module(name)
+            loaded = sorted(m for m in sys.modules if m.split(".")[0] in heavy)
+            if loaded:
+                found[name] = loaded[:5]
+                break
+        # The check itself works: boto3 is installed and shows up once imported.
+        import boto3  # noqa: F401
+        print(json.dumps({"found": found, "boto3_seen": "boto3" in sys.modules}))
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report == {"found": {}, "boto3_seen": True}, "the first module that imported boto3 at import time"
+
+
+def test_parsing_the_example_dags_touches_no_network_and_no_boto3():
+    result = run_python(
+        f"""
+        import json, runpy, socket, sys
+
+        attempts = []
+
+        def refuse(self, address, *args):
+            attempts.append(repr(address))
+            raise OSError("network access at DAG parse time: " + repr(address))
+
+        socket.socket.connect = refuse
+        socket.socket.connect_ex = refuse
+        try:  # the guard itself works
+            socket.create_connection(("127.0.0.1", 9), timeout=1)
+        except OSError as exc:
+            assert "DAG parse time" in str(exc), exc
+        attempts.clear()
+
+        dag_ids = {{}}
+        for name in ("{ARCHIVE}", "{SETUP}", "{RESTORE}"):
+            namespace = runpy.run_path("example_dags/" + name + ".py", run_name="parsed_" + name)
+            dag_ids[name] = namespace["dag"].dag_id
+        heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("boto3", "botocore", "aiobotocore"))
+        print(json.dumps({{"dag_ids": dag_ids, "attempts": attempts, "heavy": heavy[:5]}}))
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report == {
+        "dag_ids": {ARCHIVE: ARCHIVE, SETUP: SETUP, RESTORE: RESTORE},
+        "attempts": [],
+        "heavy": [],
+    }
+
+
+# --- 3. each DAG run with dag.test() --------------------------------------------------------------
+@pytest.fixture
+def archive_emu(cloud66_emulator_factory, monkeypatch):
+    """Two stacks; backups over 3 MiB are split into 2 MiB + 1 parts, as Cloud 66 splits big ones."""
+    monkeypatch.setenv("CLOUD66_ARCHIVE_POKE_INTERVAL", "0.2")  # read when the DAG module is loaded
+    emu = cloud66_emulator_factory(stacks=(), split_threshold=3 * MiB, split_size=2 * MiB + 1)
+    emu.add_stack("shop-prod", databases=[("mysql", "shop"), ("redis", "cache")])
+    emu.add_stack("events-prod", databases=[("mongodb", "events"), ("postgresql", "ledger")])
+    return emu
+
+
+def set_targets(monkeypatch: pytest.MonkeyPatch, pairs: list[tuple[str, str]]) -> None:
+    targets = [{"stack_id": stack, "db_type": db_type} for stack, db_type in pairs]
+    monkeypatch.setenv("AIRFLOW_VAR_CLOUD66_ARCHIVE_TARGETS", json.dumps(targets))
+
+
+def test_archive_dag_archives_every_target_byte_exact_and_a_rerun_copies_nothing(
+    archive_emu, s3_client, s3_bucket, aws_connection, run_dag, monkeypatch
+):
+    emu = archive_emu
+    now = datetime.now(timezone.utc)
+    # Not archived: an older backup of a target, a backup of a type nobody asked for.
+    emu.add_backup(
+        "shop-prod", db_type="mysql", database_name="shop", size=1000, backup_date=now - timedelta(hours=3)
+    )
+    emu.add_backup("events-prod", db_type="postgresql", database_name="ledger", size=2000, backup_date=now)
+    wanted = {
+        ("shop-prod", "mysql"): emu.add_backup(
+            "shop-prod",
+            db_type="mysql",
+            database_name="shop",
+            size=MiB + 17,
+            backup_date=now - timedelta(hours=1),
+        ),
+        ("shop-prod", "redis"): emu.add_backup(
+            "shop-prod",
+            db_type="redis",
+            database_name="cache",
+            size=4099,
+            backup_date=now - timedelta(hours=2),
+        ),
+        ("events-prod", "mongodb"): emu.add_backup(
+            "events-prod",
+            db_type="mongodb",
+            database_name="events",
+            size=6 * MiB + 5,
+            backup_date=now - timedelta(minutes=30),
+        ),
+    }
+    assert len(emu.file_ids("events-prod", wanted["events-prod", "mongodb"])) == 4  # split; last part 2 B
+    pairs = list(wanted)
+    set_targets(monkeypatch, pairs)
+
+    dagrun = run_dag(load_dag(ARCHIVE), run_conf={"s3_bucket": s3_bucket})
+
+    assert dagrun.state == "success"
+    assert states(dagrun) == {
+        ("targets", -1): "success",
+        **{(WAIT, i): "success" for i in range(3)},
+        **{(COPY, i): "success" for i in range(3)},
+        ("summary", -1): "success",
+    }
+    expected_keys = []
+    uris = []
+    for index, (stack, _db_type) in enumerate(pairs):
+        bid = wanted[pairs[index]]
+        key, manifest_key = archive_key(emu, stack, bid)
+        expected_keys += [key, manifest_key]
+        uris.append(f"s3://{s3_bucket}/{key}")
+        assert read(s3_client, s3_bucket, key) == b"".join(emu.iter_archive(stack, bid))
+        manifest = json.loads(read(s3_client, s3_bucket, manifest_key))
+        assert (manifest["stack_id"], manifest["backup"]["id"]) == (stack, bid)
+        assert manifest["sha256"] == emu.archive_sha256(stack, bid)
+        assert [o["key"] for o in manifest["objects"]] == [key]
+        assert xcom_value(dagrun, WAIT, index)["id"] == bid
+        assert xcom_value(dagrun, WAIT, index) == record(emu, bid, stack)
+        assert xcom_value(dagrun, COPY, index) == [f"s3://{s3_bucket}/{key}"]
+    listing = s3_listing(s3_client, s3_bucket)
+    assert sorted(listing) == sorted(expected_keys)
+    assert s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
+    assert xcom_value(dagrun, "summary") == {"archived": 3, "uris": uris}
+
+    # The same targets again: every archive is found complete, nothing is downloaded or written.
+    emu.clear_requests()
+    again = run_dag(load_dag(ARCHIVE), run_conf={"s3_bucket": s3_bucket})
+    assert again.state == "success"
+    assert again.run_id != dagrun.run_id
+    assert [r for r in emu.requests if r.kind == "file"] == []
+    assert [r for r in emu.requests if r.method != "GET"] == []
+    assert s3_listing(s3_client, s3_bucket) == listing
+    assert xcom_value(again, "summary") == {"archived": 3, "uris": uris}
+
+
+def test_archive_dag_one_failed_backup_fails_its_own_tasks_and_then_the_run(
+    archive_emu, s3_client, s3_bucket, aws_connection, run_dag, monkeypatch
+):
+    emu = archive_emu
+    now = datetime.now(timezone.utc)
+    good_before = emu.add_backup(
+        "shop-prod", db_type="mysql", database_name="shop", size=3000, backup_date=now - timedelta(hours=5)
+    )
+    failed = emu.add_backup(
+        "shop-prod",
+        db_type="mysql",
+        database_name="shop",
+        size=0,
+        backup_date=now - timedelta(hours=1),
+        status=1,
+        result="disk full",
+    )
+    split = emu.add_backup(
+        "events-prod", db_type="mongodb", database_name="events", size=5 * MiB + 3, backup_date=now
+    )
+    set_targets(monkeypatch, [("shop-prod", "mysql"), ("events-prod", "mongodb")])
+    dag = load_dag(ARCHIVE)
+    for task in dag.tasks:  # keep the DAG's retries, without its 5-minute wait between tries
+        task.retry_delay = timedelta(0)
+
+    dagrun = run_dag(dag, run_conf={"s3_bucket": s3_bucket})
+
+    assert dagrun.state == "failed"
+    assert states(dagrun) == {
+        ("targets", -1): "success",
+        (WAIT, 0): "failed",
+        (COPY, 0): "upstream_failed",
+        (WAIT, 1): "success",
+        (COPY, 1): "success",
+        ("summary", -1): "failed",
+    }
+    assert xcom_value(dagrun, WAIT, 0) is None and xcom_value(dagrun, "summary") is None
+    key, manifest_key = archive_key(emu, "events-prod", split)
+    assert sorted(s3_listing(s3_client, s3_bucket)) == sorted([key, manifest_key])
+    assert read(s3_client, s3_bucket, key) == b"".join(emu.iter_archive("events-prod", split))
+    assert xcom_value(dagrun, COPY, 1) == [f"s3://{s3_bucket}/{key}"]
+    # Neither the failed backup nor the older good one of that pair was downloaded.
+    assert file_requests_of(emu, "shop-prod", failed) == []
+    assert file_requests_of(emu, "shop-prod", good_before) == []
+    assert file_requests_of(emu, "events-prod", split) != []
+
+
+def test_setup_dag_posts_the_chosen_settings_and_returns_the_first_backup(cloud66_emulator_factory, run_dag):
+    # The DAG's operator polls every 150 s (not configurable by the DAG): with no delay the new backup
+    # is there at the first poll after the POST, so the run's length does not depend on timing.
+    emu = cloud66_emulator_factory(stacks=(), backup_delay=0)
+    emu.add_stack("shop-prod", databases=[("mysql", "shop"), ("redis", "cache")])
+    old = [
+        emu.add_backup("shop-prod", db_type="mysql", database_name="shop", backup_date=OLD),
+        emu.add_backup("shop-prod", db_type="redis", database_name="cache", backup_date=OLD),
+    ]
+    conf = {
+        "stack_id": "shop-prod",
+        "db_type": "mysql",
+        "frequency": "15 */4 * * *",
+        "keep_count": 14,
+        "gzip": False,
+        "excluded_tables": "audit_log,sessions",
+        "run_on_replica_server": False,
+    }
+
+    dagrun = run_dag(load_dag(SETUP), run_conf=conf)
+
+    assert dagrun.state == "success"
+    assert states(dagrun) == {("create_backup_task", -1): "success"}
+    path = "/api/3/stacks/shop-prod/backups.json"
+    (post,) = [r for r in emu.requests if r.method == "POST"]
+    assert post.path == path
+    assert post.json == {
+        "db_type": "mysql",
+        "frequency": "15 */4 * * *",
+        "keep_count": 14,
+        "gzip": False,
+        "excluded_tables": "audit_log,sessions",
+        "run_on_replica_server": False,
+    }
+    (created,) = [b for b in emu.backups("shop-prod") if b["id"] not in old]
+    assert (created["db_type"], created["database_name"]) == ("mysql", "shop")
+    assert xcom_value(dagrun, "create_backup_task") == [record(emu, created["id"], "shop-prod")]
+
+
+def test_setup_dag_defaults_back_up_every_database(cloud66_emulator_factory, run_dag):
+    emu = cloud66_emulator_factory(stacks=(), backup_delay=0)
+    emu.add_stack("shop-prod", databases=[("mysql", "shop"), ("redis", "cache")])
+    old = [
+        emu.add_backup("shop-prod", db_type="mysql", database_name="shop", backup_date=OLD),
+        emu.add_backup("shop-prod", db_type="redis", database_name="cache", backup_date=OLD),
+    ]
+
+    dagrun = run_dag(load_dag(SETUP), run_conf={"stack_id": "shop-prod"})
+
+    assert dagrun.state == "success"
+    (post,) = [r for r in emu.requests if r.method == "POST"]
+    # The empty excluded_tables param renders to None: the field is left out, not sent empty.
+    assert post.json == {
+        "db_type": "all",
+        "frequency": "0 */6 * * *",
+        "keep_count": 28,
+        "gzip": True,
+        "run_on_replica_server": True,
+    }
+    created = {b["db_type"]: b["id"] for b in emu.backups("shop-prod") if b["id"] not in old}
+    assert sorted(created) == ["mysql", "redis"]
+    assert xcom_value(dagrun, "create_backup_task") == [
+        record(emu, created["mysql"], "shop-prod"),
+        record(emu, created["redis"], "shop-prod"),
+    ]
+
+
+@pytest.mark.timeout(120)  # the DAG's sensor waits up to 6 h: a missed backup fails here, not hangs
+def test_restore_dag_imports_the_object_and_waits_for_the_imported_backup(
+    cloud66_emulator_factory, s3_server, s3_client, s3_bucket, aws_connection, run_dag
+):
+    # The sensor polls every 60 s; with no delay the import's backup is there at its first check.
+    emu = cloud66_emulator_factory(stacks=(), backup_delay=0)
+    emu.add_stack("shop-prod", databases=[("mysql", "shop")])
+    # Already in group 3 before the run (made an hour ago): not the imported one.
+    earlier = emu.add_backup(
+        "shop-prod",
+        db_type="mysql",
+        database_name="shop",
+        group=3,
+        backup_date=datetime.now(timezone.utc) - timedelta(hours=1),
+    )
+    emu.add_backup("shop-prod", db_type="mysql", database_name="shop", group=4, backup_date=OLD)
+    key = "cloud66/shop-prod/mysql/shop/2026/01/01/12/shop.tar"
+    body = os.urandom(64 * 1024)
+    s3_client.put_object(Bucket=s3_bucket, Key=key, Body=body)
+    conf = {"s3_bucket": s3_bucket, "s3_key": key, "stack_id": "shop-prod", "group": 3, "db_type": "mysql"}
+
+    started = int(time.time())
+    dagrun = run_dag(load_dag(RESTORE), run_conf=conf)
+    finished = int(time.time()) + 1
+
+    assert dagrun.state == "success"
+    assert states(dagrun) == {("import_from_s3", -1): "success", ("wait_for_imported_backup", -1): "success"}
+    (post,) = [r for r in emu.requests if r.method == "POST"]
+    assert post.path == "/api/3/stacks/shop-prod/backups.json"
+    assert sorted(post.json) == ["db_type", "group", "remote_url"]
+    assert (post.json["group"], post.json["db_type"]) == (3, "mysql")
+    url = urlsplit(post.json["remote_url"])
+    assert f"{url.scheme}://{url.netloc}" == s3_server
+    assert url.path == f"/{s3_bucket}/{key}"
+    query = parse_qs(url.query)
+    # Signed (query auth, as botocore presigns for this endpoint) for the operator's default 6 hours.
+    assert sorted(query) == ["AWSAccessKeyId", "Expires", "Signature"]
+    assert query["AWSAccessKeyId"] == ["testing"] and query["Signature"][0]
+    assert started + 6 * 3600 <= int(query["Expires"][0]) <= finished + 6 * 3600
+    with urllib.request.urlopen(post.json["remote_url"], timeout=30) as response:
+        assert response.read() == body
+    assert xcom_value(dagrun, "import_from_s3") == "Your external backup queued for upload"
+
+    imported = max(b["id"] for b in emu.backups("shop-prod"))
+    assert imported != earlier
+    assert next(b for b in emu.backups("shop-prod") if b["id"] == imported)["group"] == 3
+    assert xcom_value(dagrun, "wait_for_imported_backup") == record(emu, imported, "shop-prod")
+
+
+# --- 4. the demo ----------------------------------------------------------------------------------
+def test_demo_command_runs_embedded_and_verifies_the_bytes(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW_", "AIRFLOW__", "CLOUD66_"))}
+    env["AIRFLOW_HOME"] = str(tmp_path / "airflow-home")
+    result = subprocess.run(
+        [sys.executable, "scripts/demo.py", "--fast"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-5000:]
+    assert "Embedded mode: Cloud 66 emulator at http://127.0.0.1:" in result.stdout
+    assert "OK: 4 archives complete and byte-exact." in result.stdout
+    assert "FAIL" not in result.stdout
+    assert (tmp_path / "airflow-home" / "airflow.db").is_file()
