@@ -696,3 +696,19 @@ def test_abort_stale_uploads_under_prefix_only(s3_client: Any, s3_bucket: str) -
     assert [u["Key"] for u in left] == ["other/3.tar"]
     with pytest.raises(ValueError):
         abort_stale_uploads(s3_client, s3_bucket, "")
+
+
+def test_part_buffers_are_reused_and_bounded() -> None:
+    from airflow_provider_c66.transfers.copy_engine import _PartBuffers
+
+    buffers = _PartBuffers(2)
+    first, second = buffers.take(8), buffers.take(8)
+    with pytest.raises(AssertionError, match="3 part buffers in use, limit 2"):
+        buffers.take(8)
+    buffers.in_use -= 1  # undo the refused take
+    buffers.give_back(first)
+    assert buffers.take(8) is first, "a buffer of the same size is reused"
+    buffers.give_back(second)
+    last = buffers.take(3)
+    assert last is not second and len(last) == 3, "a different size gets its own buffer"
+    assert buffers.peak == 2

@@ -581,11 +581,16 @@ def _mib(count: int) -> str:
 
 
 class _PartBuffers:
-    """Hands out one exact-size buffer per part and counts them: the memory bound, made checkable."""
+    """Hands out part buffers and counts them: the memory bound, made checkable.
+
+    Buffers are reused: a fresh 8 MiB ``bytearray`` per part costs a zero-fill each, and glibc keeps
+    freed ones resident per thread arena, which raised peak RSS by about 30 MiB (``make bench``).
+    """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.in_use = self.peak = 0
+        self._free: list[bytearray] = []
         self._lock = threading.Lock()
 
     def take(self, size: int) -> bytearray:
@@ -593,11 +598,16 @@ class _PartBuffers:
             self.in_use += 1
             self.peak = max(self.peak, self.in_use)
             assert self.in_use <= self.limit, f"{self.in_use} part buffers in use, limit {self.limit}"
+            for index, buffer in enumerate(self._free):
+                if len(buffer) == size:  # every byte is overwritten by _fill, and the count checked
+                    return self._free.pop(index)
         return bytearray(size)  # bytearray: botocore sends it as is (memoryview is refused)
 
-    def give_back(self) -> None:
+    def give_back(self, buffer: bytearray) -> None:
         with self._lock:
             self.in_use -= 1
+            if len(self._free) + self.in_use < self.limit:
+                self._free.append(buffer)
 
 
 @dataclass
@@ -651,7 +661,7 @@ class _ArchiveCopy:
             )
             return answer["ETag"], hashlib.sha256(data).hexdigest(), answer.get("VersionId")
         finally:
-            self.buffers.give_back()
+            self.buffers.give_back(data)
 
     def _multipart(self, parts: Sequence[_Part]) -> tuple[str, str, str | None]:
         create = self.client.create_multipart_upload
@@ -700,7 +710,7 @@ class _ArchiveCopy:
         try:
             digest.update(uploaded.data)
         finally:
-            self.buffers.give_back()
+            self.buffers.give_back(uploaded.data)
         return {"PartNumber": uploaded.number, "ETag": uploaded.etag, "ChecksumCRC32": uploaded.checksum}
 
     def _upload_part(self, upload_id: str, part: _Part) -> _Uploaded:
@@ -724,7 +734,7 @@ class _ArchiveCopy:
                 )
             return _Uploaded(part.number, answer["ETag"], checksum, data)
         except BaseException as exc:
-            self.buffers.give_back()
+            self.buffers.give_back(data)
             self.coordinator.fail(exc)
             raise
 
