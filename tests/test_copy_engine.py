@@ -703,6 +703,7 @@ def test_part_buffers_are_reused_and_bounded() -> None:
 
     buffers = _PartBuffers(2)
     first, second = buffers.take(8), buffers.take(8)
+    assert buffers.peak == 2
     with pytest.raises(AssertionError, match="3 part buffers in use, limit 2"):
         buffers.take(8)
     buffers.in_use -= 1  # undo the refused take
@@ -711,4 +712,3 @@ def test_part_buffers_are_reused_and_bounded() -> None:
     buffers.give_back(second)
     last = buffers.take(3)
     assert last is not second and len(last) == 3, "a different size gets its own buffer"
-    assert buffers.peak == 2
