@@ -8,20 +8,20 @@ FLOOR_DATE ?= 2025-10-15
 VENV ?= .venv
 FLOOR_VENV ?= .venv-floor
 
-.PHONY: test test-newest test-floor lint demo bench clean
+.PHONY: test test-newest test-floor lint demo bench test-deployment clean
 
 test: lint test-newest test-floor ## lint, types, then the suite on the newest and the oldest supported Airflow
 
 $(VENV)/.installed-$(AIRFLOW_VERSION): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --disable-pip-version-check uv
-	$(VENV)/bin/uv pip install -q -p $(VENV)/bin/python -e '.[dev,bench]' 'apache-airflow==$(AIRFLOW_VERSION)'
+	$(VENV)/bin/uv pip install -q --compile-bytecode -p $(VENV)/bin/python -e '.[dev,bench]' 'apache-airflow==$(AIRFLOW_VERSION)'
 	rm -f $(VENV)/.installed-* && touch $@
 
 $(FLOOR_VENV)/.installed-$(AIRFLOW_FLOOR): pyproject.toml
 	$(PYTHON) -m venv $(FLOOR_VENV)
 	$(FLOOR_VENV)/bin/pip install -q --disable-pip-version-check uv
-	$(FLOOR_VENV)/bin/uv pip install -q -p $(FLOOR_VENV)/bin/python --exclude-newer $(FLOOR_DATE) \
+	$(FLOOR_VENV)/bin/uv pip install -q --compile-bytecode -p $(FLOOR_VENV)/bin/python --exclude-newer $(FLOOR_DATE) \
 		--exclude-newer-package apache-airflow-providers-common-compat=2026-12-01 \
 		-e '.[dev]' 'apache-airflow==$(AIRFLOW_FLOOR)'
 	rm -f $(FLOOR_VENV)/.installed-* && touch $@
@@ -42,6 +42,12 @@ demo: $(VENV)/.installed-$(AIRFLOW_VERSION)
 
 bench: $(VENV)/.installed-$(AIRFLOW_VERSION)
 	$(VENV)/bin/python benchmarks/copy_to_s3.py
+
+# A real deployment (PostgreSQL, scheduler, triggerer, DAG processor, API server) running the
+# flagship DAG over 20 pairs; installs PostgreSQL from Debian's packages if missing (deploy/README.md).
+test-deployment: $(VENV)/.installed-$(AIRFLOW_VERSION)
+	$(VENV)/bin/uv pip install -q -p $(VENV)/bin/python 'psycopg2-binary>=2.9' 'asyncpg>=0.29'
+	$(VENV)/bin/python deploy/run_deployment_test.py
 
 clean:
 	rm -rf $(VENV) $(FLOOR_VENV) .mypy_cache .ruff_cache

@@ -14,10 +14,12 @@ the DAG runs against real Cloud 66 and real S3, and each archive is checked agai
 from __future__ import annotations
 
 import argparse
+import atexit
 import hashlib
 import importlib.util
 import json
 import os
+import shutil
 import sys
 import tempfile
 import uuid
@@ -42,7 +44,9 @@ def main() -> int:
     parser.add_argument("--fast", action="store_true", help="small backups (CI)")
     args = parser.parse_args()
     real = all(os.environ.get(name) for name in REAL_MODE_ENV)
-    os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="c66-demo-airflow-"))
+    if "AIRFLOW_HOME" not in os.environ:
+        os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="c66-demo-airflow-")
+        atexit.register(shutil.rmtree, os.environ["AIRFLOW_HOME"], ignore_errors=True)
     os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
     os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")  # the report below is the output
     os.environ["CLOUD66_ARCHIVE_POKE_INTERVAL"] = os.environ.get(
