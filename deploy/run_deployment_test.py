@@ -1,0 +1,715 @@
+"""Run the flagship DAG in a real Airflow deployment and check what it did (``make test-deployment``).
+
+Starts, on 127.0.0.1 only and in a temporary directory: a throwaway PostgreSQL cluster (installed
+from Debian's packages if missing), the Cloud 66 emulator (deploy/emulator_server.py), a moto S3
+server, and Airflow's API server (execution API), scheduler (LocalExecutor, parallelism 4),
+triggerer and DAG processor. Triggers ``cloud66_archive_to_s3`` over 20 (stack, db_type) pairs,
+waits until all 20 sensors are deferred to the triggerer at once, only then makes the fresh backups
+appear, and waits for the run. Then asserts: the run succeeded; every archive is in the bucket,
+byte-exact, with its manifest; every sensor was deferred to the triggerer and resumed from a trigger
+event; the Cloud 66 API requests stayed within the rate budget. Prints a report, stops every process
+it started (also on failure or Ctrl-C) and removes the temporary directory (``--keep`` keeps it).
+Exit status 0 only when every check passed.
+"""
+
+# ruff: noqa: S106, S603, S607 - this script runs fixed local commands and queries its own database
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import glob
+import hashlib
+import json
+import math
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+ROOT = Path(__file__).resolve().parent.parent
+DAG_FILE = ROOT / "example_dags" / "cloud66_archive_to_s3.py"
+DAG_ID = "cloud66_archive_to_s3"
+SENSOR, COPY = "archive.wait_for_backup", "archive.copy_to_s3"
+TRIGGER_CLASS = "airflow_provider_c66.triggers.backups.Cloud66BackupTrigger"
+PAIRS = 20
+POKE_INTERVAL = 2.0  # seconds; CLOUD66_ARCHIVE_POKE_INTERVAL for every Airflow process
+PRODUCTION_POKE_INTERVAL = 300.0  # the DAG's default
+HOURLY_BUDGET = 3000  # Cloud 66 API requests per token per hour
+RUN_TIMEOUT = 480.0  # seconds from trigger to the end of the run
+BUCKET = "deployment-test-lake"
+AIRFLOW = str(Path(sys.executable).parent / "airflow")
+
+T = TypeVar("T")
+
+
+class Failure(Exception):
+    """A check or a step failed; the message says which and why."""
+
+
+# --- processes -----------------------------------------------------------------------------------
+
+
+class Processes:
+    """Every process this script starts, each in its own process group, stopped in reverse order."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.running: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start(
+        self, name: str, argv: list[str], env: dict[str, str], **kwargs: Any
+    ) -> subprocess.Popen[bytes]:
+        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - the child keeps it
+        proc = subprocess.Popen(
+            argv,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            **kwargs,
+        )
+        log.close()
+        self.running.append((name, proc))
+        return proc
+
+    def check_alive(self) -> None:
+        for name, proc in self.running:
+            if proc.poll() is not None:
+                raise Failure(f"{name} exited early with status {proc.returncode}; see its log below")
+
+    def stop(self, *names: str) -> None:
+        """Stop the named processes (all when none is named): a signal to the group, SIGKILL after 30 s.
+
+        PostgreSQL goes last (fast shutdown on SIGINT), once nothing needs it any more.
+        """
+        chosen = [(n, p) for n, p in reversed(self.running) if not names or n in names]
+        for batch in ([c for c in chosen if c[0] != "postgres"], [c for c in chosen if c[0] == "postgres"]):
+            for name, proc in batch:
+                _signal_group(proc, signal.SIGINT if name == "postgres" else signal.SIGTERM)
+            for name, proc in batch:
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    print(f"  {name} did not stop in 30 s; killing it")
+                _signal_group(proc, signal.SIGKILL)  # also any child left behind in its group
+                proc.wait()
+                self.running.remove((name, proc))
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float, procs: Processes) -> T:
+    """Call ``probe`` every second until it returns something other than None or False."""
+    deadline = time.monotonic() + timeout
+    while True:
+        procs.check_alive()
+        try:
+            result = probe()
+        except Failure:
+            raise
+        except Exception as exc:  # not ready yet
+            result, error = None, exc
+        else:
+            error = None
+        if result is not None and result is not False:
+            return result
+        if time.monotonic() > deadline:
+            raise Failure(
+                f"timed out after {timeout:.0f} s waiting for {what}" + (f": {error}" if error else "")
+            )
+        time.sleep(1)
+
+
+def run(argv: list[str], env: dict[str, str], log: Path, timeout: float = 600, **kwargs: Any) -> None:
+    with open(log, "ab") as out:
+        result = subprocess.run(
+            argv, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=timeout, **kwargs
+        )
+    if result.returncode:
+        raise Failure(f"{' '.join(argv[:3])} exited with status {result.returncode}; see {log.name} below")
+
+
+# --- PostgreSQL ----------------------------------------------------------------------------------
+
+
+def postgres_bin_dir() -> Path:
+    """Debian's PostgreSQL binaries, installing the package if they are missing."""
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]))
+    if not found:
+        if os.geteuid() != 0:
+            raise Failure("PostgreSQL is not installed; run as root or: apt-get install -y postgresql")
+        print("Installing PostgreSQL from Debian's packages ...", flush=True)
+        # policy-rc.d refuses service starts: the package must not start a system-wide cluster.
+        policy = Path("/usr/sbin/policy-rc.d")
+        created = not policy.exists()
+        if created:
+            policy.write_text("#!/bin/sh\nexit 101\n")
+            policy.chmod(0o755)
+        try:
+            env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+            subprocess.run(["apt-get", "update", "-q"], env=env, check=True, stdout=subprocess.DEVNULL)
+            subprocess.run(
+                ["apt-get", "install", "-y", "-q", "--no-install-recommends", "postgresql"],
+                env=env,
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
+        finally:
+            if created:
+                policy.unlink()
+        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]))
+        if not found:
+            raise Failure("apt-get installed postgresql but no /usr/lib/postgresql/*/bin/initdb exists")
+    return Path(found[-1]).parent
+
+
+def start_postgres(work: Path, procs: Processes) -> str:
+    """A throwaway cluster on 127.0.0.1 (TCP only), run as ``postgres`` when we are root; returns its DSN."""
+    import psycopg2
+
+    bin_dir = postgres_bin_dir()
+    data = work / "pgdata"
+    data.mkdir()
+    as_user: dict[str, Any] = {}
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        shutil.chown(data, "postgres", "postgres")
+        as_user = {"user": "postgres", "group": "postgres", "extra_groups": []}
+    env = {**os.environ, "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"}
+    initdb = [str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "--no-sync"]
+    run(initdb, env, procs.log_dir / "initdb.log", timeout=300, cwd=str(data), **as_user)
+    port = free_port()
+    settings = (
+        "unix_socket_directories= max_connections=200 fsync=off synchronous_commit=off full_page_writes=off"
+    )
+    options = [arg for setting in settings.split() for arg in ("-c", setting)]
+    server = [str(bin_dir / "postgres"), "-D", str(data), "-h", "127.0.0.1", "-p", str(port), *options]
+    procs.start("postgres", server, env, cwd=str(data), **as_user)
+    admin = f"host=127.0.0.1 port={port} user=postgres dbname=postgres"
+    conn = wait_for("PostgreSQL", lambda: psycopg2.connect(admin, connect_timeout=5), 120, procs)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("CREATE ROLE airflow LOGIN PASSWORD 'airflow'")
+        cur.execute("CREATE DATABASE airflow OWNER airflow")
+    conn.close()
+    print(f"PostgreSQL {bin_dir.parent.name} on 127.0.0.1:{port}", flush=True)
+    return f"postgresql+psycopg2://airflow:airflow@127.0.0.1:{port}/airflow"
+
+
+class MetadataDB:
+    """Read-only queries on the Airflow metadata database, one short connection each."""
+
+    def __init__(self, sqlalchemy_url: str) -> None:
+        self.dsn = sqlalchemy_url.replace("postgresql+psycopg2://", "postgresql://")
+
+    def rows(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        import psycopg2
+
+        conn = psycopg2.connect(self.dsn, connect_timeout=10)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql, params)
+                return list(cur.fetchall())
+        finally:
+            conn.close()
+
+    def dag_run(self, run_id: str) -> tuple[str, Any, Any] | None:
+        found = self.rows(
+            "SELECT state, start_date, end_date FROM dag_run WHERE dag_id=%s AND run_id=%s", DAG_ID, run_id
+        )
+        return (found[0][0], found[0][1], found[0][2]) if found else None
+
+    def task_states(self, run_id: str) -> Counter[tuple[str, str | None]]:
+        rows = self.rows(
+            "SELECT task_id, state FROM task_instance WHERE dag_id=%s AND run_id=%s", DAG_ID, run_id
+        )
+        return Counter((task, state) for task, state in rows)
+
+    def retried(self, run_id: str) -> dict[str, int]:
+        rows = self.rows(
+            "SELECT task_id, map_index, try_number FROM task_instance "
+            "WHERE dag_id=%s AND run_id=%s AND try_number > 1",
+            DAG_ID,
+            run_id,
+        )
+        return {f"{task}[{index}]": tries for task, index, tries in rows}
+
+    def sensors(self, run_id: str) -> list[tuple[int, str | None, str | None, int | None]]:
+        """(map_index, state, trigger classpath, triggerer job id) of every mapped sensor."""
+        return [
+            (int(r[0]), r[1], r[2], r[3])
+            for r in self.rows(
+                "SELECT ti.map_index, ti.state, t.classpath, t.triggerer_id FROM task_instance ti "
+                "LEFT JOIN trigger t ON t.id = ti.trigger_id "
+                "WHERE ti.dag_id=%s AND ti.run_id=%s AND ti.task_id=%s AND ti.map_index >= 0 ORDER BY ti.map_index",
+                DAG_ID,
+                run_id,
+                SENSOR,
+            )
+        ]
+
+
+# --- the run ---------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, data)")
+    args = parser.parse_args()
+    # A SIGTERM (CI's timeout, make interrupted) unwinds through the finally below like Ctrl-C.
+    signal.signal(signal.SIGTERM, on_sigterm)
+    work = Path(tempfile.mkdtemp(prefix="c66-deploy-"))
+    work.chmod(0o755)  # the postgres user must reach its data directory inside
+    (work / "logs").mkdir()
+    procs = Processes(work / "logs")
+    started = time.monotonic()
+    problems: list[str] = ["interrupted"]
+    try:
+        try:
+            problems = deploy_and_check(work, procs)
+        except Failure as exc:
+            problems = [str(exc)]
+        finally:
+            print("\nStopping every process started ...", flush=True)
+            procs.stop()
+            if problems and problems != ["interrupted"]:
+                print_log_tails(work)
+        print(f"\nTotal time {time.monotonic() - started:.0f} s")
+        for problem in problems:
+            print(f"FAIL: {problem}")
+        if not problems:
+            print(
+                f"DEPLOYMENT TEST OK: {PAIRS} archives byte-exact, {PAIRS} sensors deferred, requests within budget."
+            )
+    finally:
+        if args.keep:
+            print(f"Kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    return 1 if problems else 0
+
+
+def on_sigterm(signum: int, frame: Any) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: let the clean-up finish
+    sys.exit(128 + signum)
+
+
+def deploy_and_check(work: Path, procs: Processes) -> list[str]:
+    import boto3
+
+    timings: dict[str, float] = {}
+    mark = time.monotonic()
+
+    def lap(name: str) -> None:
+        nonlocal mark
+        timings[name] = time.monotonic() - mark
+        mark = time.monotonic()
+
+    sql_url = start_postgres(work, procs)
+    db = MetadataDB(sql_url)
+    lap("PostgreSQL up")
+
+    # The Cloud 66 emulator and the S3 server
+    state_file, requests_file = work / "emulator-state.json", work / "emulator-requests.json"
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    base_env.update({"NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"})
+    launcher = [
+        str(ROOT / "deploy" / "emulator_server.py"),
+        "--state",
+        str(state_file),
+        "--requests",
+        str(requests_file),
+    ]
+    emulator = procs.start("emulator", [sys.executable, *launcher], base_env)
+    state = wait_for("the emulator's state file", lambda: read_json(state_file), 60, procs)
+    s3_port = free_port()
+    procs.start(
+        "moto", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(s3_port)], base_env
+    )
+    s3_endpoint = f"http://127.0.0.1:{s3_port}"
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="deploy",
+        aws_secret_access_key="deploy",
+    )
+    wait_for("the S3 server", lambda: s3.create_bucket(Bucket=BUCKET), 60, procs)
+    print(f"Cloud 66 emulator at {state['base_url']}, S3 at {s3_endpoint}, bucket {BUCKET}", flush=True)
+    lap("emulator and S3 up")
+
+    # Airflow: one environment for every process
+    home, dags = work / "airflow-home", work / "dags"
+    home.mkdir()
+    dags.mkdir()
+    shutil.copy(DAG_FILE, dags / DAG_FILE.name)
+    api_port = free_port()
+    env = {
+        **base_env,
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": sql_url,
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{api_port}/execution/",
+        "AIRFLOW__CORE__FERNET_KEY": fernet_key(),
+        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{api_port}",
+        "AIRFLOW__API__SECRET_KEY": secrets.token_urlsafe(32),
+        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+        "AIRFLOW_CONN_CLOUD66_DEFAULT": json.dumps(
+            {"conn_type": "cloud66", "host": state["base_url"], "password": state["token"]}
+        ),
+        "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(
+            {
+                "conn_type": "aws",
+                "login": "deploy",
+                "password": "deploy",
+                "extra": {"endpoint_url": s3_endpoint, "region_name": "us-east-1"},
+            }
+        ),
+        "AIRFLOW_VAR_CLOUD66_ARCHIVE_TARGETS": json.dumps(state["targets"]),
+        "CLOUD66_ARCHIVE_POKE_INTERVAL": str(POKE_INTERVAL),
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    logs = procs.log_dir
+    run([AIRFLOW, "db", "migrate"], env, logs / "db-migrate.log")
+    lap("airflow db migrate")
+
+    procs.start(
+        "api-server",
+        [AIRFLOW, "api-server", "--apps", "execution", "-H", "127.0.0.1", "-p", str(api_port), "-w", "1"],
+        env,
+    )
+    wait_for("the API server", lambda: http_ok(f"http://127.0.0.1:{api_port}/execution/health"), 180, procs)
+    # No log servers: they would listen on every interface, on fixed ports; the logs are local files.
+    procs.start("scheduler", [AIRFLOW, "scheduler", "--skip-serve-logs"], env)
+    procs.start("triggerer", [AIRFLOW, "triggerer", "--skip-serve-logs"], env)
+    procs.start("dag-processor", [AIRFLOW, "dag-processor"], env)
+    next_run = wait_for(
+        f"the DAG processor to parse {DAG_ID}",
+        lambda: first(
+            db.rows("SELECT next_dagrun FROM dag WHERE dag_id=%s AND next_dagrun IS NOT NULL", DAG_ID)
+        ),
+        240,
+        procs,
+    )
+    lap("Airflow up, DAG parsed")
+
+    # Trigger for the next scheduled logical date, so that unpausing creates no scheduled run beside ours.
+    run_id = f"deployment_test__{int(time.time())}"
+    conf = json.dumps({"s3_bucket": BUCKET})
+    trigger = [AIRFLOW, "dags", "trigger", DAG_ID, "-r", run_id, "-l", next_run[0].isoformat(), "-c", conf]
+    run(trigger, env, logs / "cli.log", timeout=180)
+    run([AIRFLOW, "dags", "unpause", DAG_ID], env, logs / "cli.log", timeout=180)
+    triggered = time.monotonic()
+    print(f"Triggered {run_id}; waiting for all {PAIRS} sensors to be deferred ...", flush=True)
+
+    def all_deferred() -> list[tuple[int, str | None, str | None, int | None]] | None:
+        run_state = db.dag_run(run_id)
+        if run_state and run_state[0] in ("success", "failed"):
+            raise Failure(f"the DAG run ended {run_state[0]} before the backups were released")
+        sensors = db.sensors(run_id)
+        done = [s for s in sensors if s[1] in ("success", "failed", "upstream_failed", "skipped")]
+        if done:
+            raise Failure(f"sensor(s) {[s[0] for s in done]} ended before any fresh backup existed: {done}")
+        claimed = [s for s in sensors if s[1] == "deferred" and s[2] == TRIGGER_CLASS and s[3] is not None]
+        if len(claimed) < PAIRS or len(scheduler_saw_deferred(logs / "scheduler.log", run_id)) < PAIRS:
+            return None
+        return sensors
+
+    deferred = wait_for(f"{PAIRS} sensors deferred and claimed by the triggerer", all_deferred, 300, procs)
+    triggerer_jobs = {s[3] for s in deferred}
+    lap("20 sensors deferred")
+
+    # Only now do the fresh backups exist: the sensors can only finish through their triggers.
+    emulator.send_signal(signal.SIGUSR1)
+    state = wait_for("the emulator to add the fresh backups", lambda: released(state_file), 30, procs)
+    print(f"All {PAIRS} sensors deferred (triggerer job {sorted(triggerer_jobs)}); fresh backups released.")
+
+    def finished() -> str | None:
+        run_state = db.dag_run(run_id)
+        return run_state[0] if run_state and run_state[0] in ("success", "failed") else None
+
+    final_state = wait_for(
+        "the DAG run to finish", finished, max(60.0, RUN_TIMEOUT - (time.monotonic() - triggered)), procs
+    )
+    lap("backups released -> run finished")
+
+    # Quiesce: nothing may send requests or write objects while we count and read them.
+    run([AIRFLOW, "dags", "pause", DAG_ID], env, logs / "cli.log", timeout=180)
+    procs.stop("scheduler", "triggerer", "dag-processor", "api-server", "emulator")
+    requests = read_json(requests_file) or []
+
+    problems: list[str] = []
+    run_state = db.dag_run(run_id)
+    assert run_state is not None
+    if final_state != "success":
+        problems.append(f"the DAG run ended {final_state}")
+    states = db.task_states(run_id)
+    expected_states = Counter(
+        {
+            (SENSOR, "success"): PAIRS,
+            (COPY, "success"): PAIRS,
+            ("targets", "success"): 1,
+            ("summary", "success"): 1,
+        }
+    )
+    if states != expected_states:
+        problems.append(f"task states {dict(states)}, expected {dict(expected_states)}")
+    problems += check_archives(s3, state["released"])
+    fired = trigger_events(home, run_id)
+    problems += check_deferral(deferred, fired, db.retried(run_id))
+    budget = request_budget(requests, state)
+    problems += budget.pop("problems")
+
+    print_report(timings, run_id, run_state, states, deferred, fired, budget, state)
+    return problems
+
+
+def scheduler_saw_deferred(log: Path, run_id: str) -> set[int]:
+    """Map indexes of the sensors whose defer-exit executor event the scheduler has processed.
+
+    Releasing the backups before that would hit an Airflow race (apache/airflow#66374, #67287,
+    #72716): a trigger that fires while the worker's "success" for the deferral is still unprocessed
+    gets the resumed task failed as "state changed externally" and retried after retry_delay.
+    """
+    pattern = re.compile(
+        rf"TaskInstance Finished: dag_id={DAG_ID}, task_id={re.escape(SENSOR)}, "
+        rf"run_id={re.escape(run_id)}, map_index=(\d+),.* state=deferred,"
+    )
+    return {int(m.group(1)) for m in pattern.finditer(log.read_text(errors="replace"))}
+
+
+# --- checks ----------------------------------------------------------------------------------------
+
+
+def check_archives(s3: Any, released: list[dict[str, Any]]) -> list[str]:
+    """Every fresh backup archived once, byte-exact against the emulator's source, with its manifest."""
+    problems: list[str] = []
+    keys = [
+        o["Key"]
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
+        for o in page.get("Contents", [])
+    ]
+    manifests = {}
+    for key in keys:
+        if key.endswith("/manifest.json"):
+            doc = json.loads(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+            manifests[(doc["stack_id"], doc["backup"]["id"])] = (key, doc)
+    expected = {(b["stack_id"], b["backup_id"]): b for b in released}
+    if set(manifests) != set(expected):
+        problems.append(f"manifests for {sorted(manifests)}, expected one for each of {sorted(expected)}")
+    archived = set()
+    for pair, backup in expected.items():
+        if pair not in manifests:
+            continue
+        key, doc = manifests[pair]
+        if [s["name"] for s in doc["sources"]] != backup["files"]:
+            problems.append(
+                f"{key}: sources {[s['name'] for s in doc['sources']]}, expected {backup['files']}"
+            )
+        for entry in doc["objects"]:
+            archived.add(entry["key"])
+            body = s3.get_object(Bucket=BUCKET, Key=entry["key"])["Body"].read()
+            digest = hashlib.sha256(body).hexdigest()
+            if (len(body), digest) != (backup["size"], backup["sha256"]):
+                problems.append(
+                    f"{entry['key']}: {len(body)} bytes sha256 {digest[:12]}, expected "
+                    f"{backup['size']} bytes sha256 {backup['sha256'][:12]} (emulator source)"
+                )
+            if (entry["size"], entry["sha256"]) != (len(body), digest):
+                problems.append(f"{entry['key']}: differs from its manifest entry")
+    stray = set(keys) - archived - {key for key, _ in manifests.values()}
+    if stray:
+        problems.append(f"unexpected objects in the bucket: {sorted(stray)}")
+    uploads = s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", [])
+    if uploads:
+        problems.append(f"{len(uploads)} multipart upload(s) left open")
+    return problems
+
+
+def trigger_events(home: Path, run_id: str) -> dict[int, int]:
+    """Per sensor map index, how many success events its trigger logged ("Trigger fired event").
+
+    The triggerer writes each trigger's log beside the task's own: ``attempt=N.log.trigger.<job>.log``.
+    """
+    fired: Counter[int] = Counter()
+    task_dir = home / "logs" / f"dag_id={DAG_ID}" / f"run_id={run_id}" / f"task_id={SENSOR}"
+    for path in task_dir.glob("map_index=*/*.log.trigger.*.log"):
+        index = int(path.parent.name.removeprefix("map_index="))
+        for line in path.read_text(errors="replace").splitlines():
+            if "Trigger fired event" in line and "'status': 'success'" in line:
+                fired[index] += 1
+    return dict(fired)
+
+
+def check_deferral(
+    deferred: list[tuple[int, Any, Any, Any]], fired: dict[int, int], tries: dict[str, int]
+) -> list[str]:
+    """All sensors were deferred at once; each trigger fired one success event; nothing was retried."""
+    problems = []
+    if sorted(s[0] for s in deferred) != list(range(PAIRS)):
+        problems.append(f"deferred sensors' map indexes {sorted(s[0] for s in deferred)}")
+    if fired != dict.fromkeys(range(PAIRS), 1):
+        problems.append(
+            f"trigger success events per sensor map index {fired}, expected one for each of {PAIRS}"
+        )
+    if tries:
+        problems.append(f"task instances retried (try_number > 1): {tries}")
+    return problems
+
+
+def request_budget(requests: list[dict[str, Any]], state: dict[str, Any]) -> dict[str, Any]:
+    """Count the API requests by kind and compare them with the rate budget and the expected bound.
+
+    Expected, per pair: the sensor's one check before deferring; the trigger's polls, one every poke
+    interval from then until the backup appears, plus the one that finds it (and one for timing
+    slack); then the copy: get the backup, list its files, one signed URL per file.
+    """
+    api = [r for r in requests if r["kind"] == "api"]
+    files = [r for r in requests if r["kind"] == "file"]
+    kinds: Counter[str] = Counter()
+    for r in api:
+        segments = r["path"].removesuffix(".json").split("/")  # ['', 'api', '3', 'stacks', S, 'backups', ...]
+        kinds[
+            {6: "list backups", 7: "get backup", 8: "list files", 9: "signed URL"}.get(len(segments), "other")
+        ] += 1
+    released_at = state["released_at"]
+    bound, minimum = 0, 0
+    for backup in state["released"]:
+        lists = [
+            r["time"]
+            for r in api
+            if r["path"].endswith(f"/stacks/{backup['stack_id']}/backups.json")
+            and r["query"].get("db_type") == backup["db_type"]
+        ]
+        waited = released_at - min(lists) if lists else 0.0
+        bound += 1 + math.floor(waited / POKE_INTERVAL) + 2 + 2 + len(backup["files"])
+        minimum += 1 + 1 + 2 + len(backup["files"])
+    throttled = [r for r in api if r["status"] in (429, 503)]
+    errors = [r for r in requests if r["status"] >= 400]
+    span = (max(r["time"] for r in api) - min(r["time"] for r in api)) if api else 0.0
+    file_count = sum(len(b["files"]) for b in state["released"])
+    problems = []
+    if len(api) > bound:
+        problems.append(f"{len(api)} API requests, more than the expected bound {bound}")
+    if len(api) > HOURLY_BUDGET:
+        problems.append(f"{len(api)} API requests in {span:.0f} s, over the hourly budget {HOURLY_BUDGET}")
+    if throttled or errors:
+        problems.append(f"{len(errors)} request(s) answered with an error status, {len(throttled)} throttled")
+    return {
+        "problems": problems,
+        "api": len(api),
+        "kinds": dict(kinds),
+        "file_gets": len(files),
+        "bound": bound,
+        "minimum": minimum,
+        "span": span,
+        # At the DAG's default poke interval: list requests an hour while all pairs wait, and per run
+        # the requests that archiving costs (get the backup, list its files, one signed URL per file).
+        "waiting_hourly": math.ceil(PAIRS * 3600 / PRODUCTION_POKE_INTERVAL),
+        "archiving": 2 * PAIRS + file_count,
+        "errors": len(errors),
+    }
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def released(path: Path) -> dict[str, Any] | None:
+    state = read_json(path)
+    return state if state and state["released"] else None
+
+
+def http_ok(url: str) -> bool:
+    with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 - a loopback URL we built
+        return bool(resp.status == 200)
+
+
+def first(rows: list[tuple[Any, ...]]) -> tuple[Any, ...] | None:
+    return rows[0] if rows else None
+
+
+def fernet_key() -> str:
+    from cryptography.fernet import Fernet
+
+    return Fernet.generate_key().decode()
+
+
+def print_report(
+    timings: dict[str, float],
+    run_id: str,
+    run_state: tuple[str, Any, Any],
+    states: Counter[tuple[str, str | None]],
+    deferred: list[tuple[int, Any, Any, Any]],
+    fired: dict[int, int],
+    budget: dict[str, Any],
+    state: dict[str, Any],
+) -> None:
+    print("\n=== Deployment test report ===")
+    for name, seconds in timings.items():
+        print(f"  {name:<36} {seconds:6.1f} s")
+    status, start, end = run_state
+    duration = f"{(end - start).total_seconds():.0f} s" if start and end else "?"
+    print(f"DAG run {run_id}: {status} in {duration}")
+    for (task, task_state), count in sorted(states.items(), key=lambda item: str(item[0])):
+        print(f"  {task:<26} {task_state!s:<10} x{count}")
+    sizes = [b["size"] for b in state["released"]]
+    split = sum(1 for b in state["released"] if len(b["files"]) > 1)
+    print(
+        f"Archives: {len(sizes)} ({sum(sizes):,} bytes, {split} split into parts), sha256 checked against the emulator"
+    )
+    print(
+        f"Deferral: {sum(1 for s in deferred if s[1] == 'deferred')} of {PAIRS} sensors deferred at once, "
+        f"each with a {TRIGGER_CLASS.rsplit('.', 1)[1]} claimed by triggerer job {sorted({s[3] for s in deferred})}; "
+        f"{sum(fired.values())} trigger success events in the triggerer's logs, for {len(fired)} sensors"
+    )
+    print(
+        f"Cloud 66 API requests: {budget['api']} in {budget['span']:.0f} s ({budget['kinds']}); "
+        f"expected between {budget['minimum']} and {budget['bound']}; hourly budget {HOURLY_BUDGET}"
+    )
+    print(
+        f"  file downloads (signed URLs, not API): {budget['file_gets']}; error answers: {budget['errors']}"
+    )
+    print(
+        f"  at the DAG's default poke interval ({PRODUCTION_POKE_INTERVAL:.0f} s): {budget['waiting_hourly']} "
+        f"requests an hour while the {PAIRS} pairs wait, plus {budget['archiving']} to archive them"
+    )
+
+
+def print_log_tails(work: Path, lines: int = 40) -> None:
+    for path in sorted((work / "logs").glob("*.log")):
+        text = path.read_text(errors="replace").splitlines()
+        print(f"\n--- {path.name} (last {min(lines, len(text))} lines) ---")
+        print("\n".join(text[-lines:]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
