@@ -76,6 +76,7 @@ def test_serialize_round_trip_holds_only_json_values():
         poll_interval=30,
         cloud66_conn_id="c66_prod",
         started_at=1_799_990_000.0,
+        first_poll_at=1_799_990_030.0,
     )
     classpath, kwargs = trigger.serialize()
     assert classpath == "airflow_provider_c66.triggers.backups.Cloud66BackupTrigger"
@@ -93,6 +94,7 @@ def test_serialize_round_trip_holds_only_json_values():
         "poll_interval": 30.0,
         "cloud66_conn_id": "c66_prod",
         "started_at": 1_799_990_000.0,
+        "first_poll_at": 1_799_990_030.0,
     }
     assert json.loads(json.dumps(kwargs)) == kwargs
     again = Cloud66BackupTrigger(**json.loads(json.dumps(kwargs)))
@@ -295,3 +297,18 @@ def test_invalid_events_raise_clear_errors(event, problem):
     with pytest.raises(AirflowException, match="resumed with an invalid event") as info:
         read_event(event)
     assert problem in str(info.value)
+
+
+def test_a_deferred_wait_polls_first_one_interval_after_the_task_did(cloud66_emulator: Any) -> None:
+    from airflow_provider_c66.watermark import BackupWait
+
+    emu = cloud66_emulator
+    wait = BackupWait.from_json({"stack_id": "stack-1", "marks": OPEN, "db_type": None, "group": None})
+    trigger = Cloud66BackupTrigger.for_wait(
+        wait, timeout=30, poll_interval=0.6, cloud66_conn_id="cloud66_default"
+    )
+    assert trigger.first_poll_at == pytest.approx(trigger.started_at + 0.6)
+    emu.add_backup("stack-1")
+    assert [e["status"] for e in events(trigger)] == ["success"]
+    (first,) = gets(emu)
+    assert first.time >= trigger.first_poll_at - 0.05, "no poll before first_poll_at"

@@ -46,6 +46,7 @@ class Cloud66BackupTrigger(BaseTrigger):  # type: ignore[misc]
     :param poll_interval: seconds between two list requests.
     :param cloud66_conn_id: the Cloud 66 connection id.
     :param started_at: when the wait began, in epoch seconds (for the timeout message).
+    :param first_poll_at: no poll before this, in epoch seconds (the deferring task just polled).
     """
 
     def __init__(
@@ -61,6 +62,7 @@ class Cloud66BackupTrigger(BaseTrigger):  # type: ignore[misc]
         poll_interval: float = watermark.DEFAULT_POLL_INTERVAL,
         cloud66_conn_id: str = Cloud66Hook.default_conn_name,
         started_at: float | None = None,
+        first_poll_at: float | None = None,
     ) -> None:
         super().__init__()
         self.wait = BackupWait.from_json(
@@ -77,16 +79,23 @@ class Cloud66BackupTrigger(BaseTrigger):  # type: ignore[misc]
         self.poll_interval = watermark.seconds(poll_interval, "poll_interval")
         self.cloud66_conn_id = cloud66_conn_id
         self.started_at = time.time() if started_at is None else float(started_at)
+        self.first_poll_at = None if first_poll_at is None else float(first_poll_at)
 
     @classmethod
     def for_wait(
         cls, wait: BackupWait, *, timeout: float, poll_interval: float, cloud66_conn_id: str
     ) -> Cloud66BackupTrigger:
-        """The trigger for ``wait``, ending ``timeout`` seconds from now."""
+        """The trigger for ``wait``, ending ``timeout`` seconds from now.
+
+        The deferring task has just polled, so the trigger's first poll comes one interval later:
+        that keeps to one request per interval, and leaves the scheduler time to record the deferral
+        before an event can arrive (a trigger firing first can fail the try on Airflow 3.3.2).
+        """
         now = time.time()
         return cls(
             **wait.to_json(),
             started_at=now,
+            first_poll_at=now + poll_interval,
             end_time=now + timeout,
             poll_interval=poll_interval,
             cloud66_conn_id=cloud66_conn_id,
@@ -101,6 +110,7 @@ class Cloud66BackupTrigger(BaseTrigger):  # type: ignore[misc]
                 "poll_interval": self.poll_interval,
                 "cloud66_conn_id": self.cloud66_conn_id,
                 "started_at": self.started_at,
+                "first_poll_at": self.first_poll_at,
             },
         )
 
@@ -111,6 +121,8 @@ class Cloud66BackupTrigger(BaseTrigger):  # type: ignore[misc]
         hook = Cloud66Hook(self.cloud66_conn_id, retry_policy=watermark.polling_policy(self.poll_interval))
         try:
             async with aiohttp.ClientSession() as session:
+                if self.first_poll_at is not None:
+                    await asyncio.sleep(max(0.0, min(self.first_poll_at, self.end_time) - time.time()))
                 while True:
                     verdict = await self._poll(hook, session)
                     if verdict is not None and verdict.done:
