@@ -7,8 +7,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import boto3
-from botocore.config import Config
 import pytest
+from botocore.config import Config
 
 
 @pytest.fixture(scope="session")
