@@ -156,7 +156,10 @@ def parse_datetime(value: object) -> datetime:
         raise TypeError(f"expected an ISO 8601 timestamp, got {_kind(value)}")
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.astimezone(timezone.utc)
+    try:
+        return parsed.astimezone(timezone.utc)
+    except OverflowError:  # year 1 or 9999 with an offset: a ValueError like any other bad timestamp
+        raise ValueError(f"{value!r:.40} is out of the representable range") from None
 
 
 def format_datetime(value: datetime) -> str:

@@ -105,6 +105,11 @@ def test_small_and_empty_backups(emu, s3_client, s3_bucket, aws_connection):
     assert read(s3_client, s3_bucket, uri.split("/", 3)[3]) == b""
 
 
+@pytest.mark.reliability(
+    area="concurrency",
+    fault="a re-run after the archive is complete",
+    outcome="skipped, nothing copied",
+)
 def test_rerun_skips_a_complete_archive(emu, s3_client, s3_bucket, aws_connection):
     bid = emu.add_backup("stack-1", size=3 * MiB, backup_date=DATE)
     first = make_op(s3_bucket, bid).execute({})
@@ -123,6 +128,11 @@ def test_backup_dict_from_a_sensor_is_accepted(emu, s3_client, s3_bucket, aws_co
     assert uri.endswith(".tar") and f"/{bid}/" in uri
 
 
+@pytest.mark.reliability(
+    area="upload",
+    fault="someone else's object on the archive's key",
+    outcome="clear error",
+)
 def test_foreign_object_without_manifest_is_an_error_unless_replace(
     emu, s3_client, s3_bucket, aws_connection
 ):
@@ -137,6 +147,11 @@ def test_foreign_object_without_manifest_is_an_error_unless_replace(
     assert read(s3_client, s3_bucket, prefix + name) == emu.file_bytes("stack-1", bid, "tar")
 
 
+@pytest.mark.reliability(
+    area="worker",
+    fault="an object and an open upload left by an interrupted try",
+    outcome="next run cleans up and completes",
+)
 def test_object_left_by_an_interrupted_try_is_replaced(emu, s3_client, s3_bucket, aws_connection):
     bid = emu.add_backup("stack-1", size=2048, backup_date=DATE, database_name="app_db")
     prefix = f"cloud66/stack-1/mysql/app_db/2026/03/04/{bid}/"
@@ -154,6 +169,11 @@ def test_object_left_by_an_interrupted_try_is_replaced(emu, s3_client, s3_bucket
     assert open_uploads(s3_client, s3_bucket) == []
 
 
+@pytest.mark.reliability(
+    area="worker",
+    fault="on_kill mid-copy (the operator in a thread)",
+    outcome="aborted, nothing left",
+)
 def test_kill_mid_copy_leaves_nothing(emu, s3_client, s3_bucket, aws_connection):
     bid = emu.add_backup("stack-1", size=16 * MiB, backup_date=DATE)
     emu.slow_next(20, r"^/c66-backups/", 0.3)
@@ -180,6 +200,7 @@ def test_kill_mid_copy_leaves_nothing(emu, s3_client, s3_bucket, aws_connection)
     assert open_uploads(s3_client, s3_bucket) == []
 
 
+@pytest.mark.reliability(area="API", fault="a backup that failed in Cloud 66", outcome="clear error")
 def test_failed_backup_is_not_archived(emu, s3_client, s3_bucket, aws_connection):
     bid = emu.add_backup("stack-1", size=2048, status=1, result="mysqldump: out of disk")
     with pytest.raises(Exception, match="mysqldump: out of disk"):
@@ -187,6 +208,11 @@ def test_failed_backup_is_not_archived(emu, s3_client, s3_bucket, aws_connection
     assert keys(s3_client, s3_bucket) == []
 
 
+@pytest.mark.reliability(
+    area="bad input",
+    fault="a database name '../../etc' in the key prefix",
+    outcome="kept under the prefix",
+)
 def test_hostile_file_names_stay_under_the_prefix(emu, s3_client, s3_bucket, aws_connection):
     bid = emu.add_backup("stack-1", size=2048, backup_date=DATE, database_name="../../etc")
     uris = make_op(s3_bucket, bid, s3_key_prefix="safe/{database_name}/{backup_id}/").execute({})

@@ -388,7 +388,25 @@ def test_parts_in_flight_never_exceed_max_concurrency(
 # -- faults on the file server ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fault", ["drop", "truncate"])
+@pytest.mark.parametrize(
+    "fault",
+    [
+        pytest.param(
+            "drop",
+            marks=pytest.mark.reliability(
+                area="download", fault="connection drop (reset) mid-part", outcome="retried and succeeded"
+            ),
+        ),
+        pytest.param(
+            "truncate",
+            marks=pytest.mark.reliability(
+                area="download",
+                fault="truncated body (clean close) mid-part",
+                outcome="retried and succeeded",
+            ),
+        ),
+    ],
+)
 def test_broken_body_resumes_at_the_byte_it_stopped(
     fault: str,
     archive_factory: Callable[..., Archive],
@@ -424,6 +442,11 @@ def test_broken_body_resumes_at_the_byte_it_stopped(
     assert archive.url_fetches("tar") == 1
 
 
+@pytest.mark.reliability(
+    area="download",
+    fault="a body longer than announced",
+    outcome="succeeded, byte-exact",
+)
 def test_overlong_body_reads_exactly_the_range(
     archive_factory: Callable[..., Archive], s3_client: Any, s3_bucket: str, buffers: BufferHooks
 ) -> None:
@@ -437,6 +460,11 @@ def test_overlong_body_reads_exactly_the_range(
     assert ranges(archive.data_requests()) == planned(size)
 
 
+@pytest.mark.reliability(
+    area="download",
+    fault="Range ignored by the server (200 with the whole file)",
+    outcome="succeeded, byte-exact",
+)
 def test_range_ignored_skips_to_the_offset(
     archive_factory: Callable[..., Archive], s3_client: Any, s3_bucket: str, buffers: BufferHooks
 ) -> None:
@@ -456,6 +484,11 @@ def test_range_ignored_skips_to_the_offset(
     ]
 
 
+@pytest.mark.reliability(
+    area="download",
+    fault="signed URLs expired (403): one fresh URL per file, whatever the parts",
+    outcome="retried and succeeded",
+)
 def test_expired_urls_are_fetched_again_once_per_file(
     archive_factory: Callable[..., Archive], s3_client: Any, s3_bucket: str, buffers: BufferHooks
 ) -> None:
@@ -474,7 +507,26 @@ def test_expired_urls_are_fetched_again_once_per_file(
     assert sum(b - a + 1 for a, b in ranges(good)) == size
 
 
-@pytest.mark.parametrize("status", [503, 500, 429])
+@pytest.mark.parametrize(
+    "status",
+    [
+        *(
+            pytest.param(
+                status,
+                marks=pytest.mark.reliability(
+                    area="download", fault="5xx from the file server", outcome="retried and succeeded"
+                ),
+            )
+            for status in (503, 500)
+        ),
+        pytest.param(
+            429,
+            marks=pytest.mark.reliability(
+                area="download", fault="429 from the file server", outcome="retried and succeeded"
+            ),
+        ),
+    ],
+)
 def test_server_errors_are_retried(
     status: int,
     archive_factory: Callable[..., Archive],
@@ -495,6 +547,11 @@ def test_server_errors_are_retried(
     assert ranges([r for r in archive.data_requests() if r.status == 206]) == planned(size)
 
 
+@pytest.mark.reliability(
+    area="download",
+    fault="a stalled answer (read timeout)",
+    outcome="retried and succeeded",
+)
 def test_stalled_answer_times_out_and_is_retried(
     archive_factory: Callable[..., Archive],
     s3_client: Any,
@@ -519,6 +576,16 @@ def test_stalled_answer_times_out_and_is_retried(
     assert sorted(set(ranges(archive.data_requests()))) == planned(size)
 
 
+@pytest.mark.reliability(
+    area="download",
+    fault="the file server failing beyond the retries",
+    outcome="aborted, nothing left",
+)
+@pytest.mark.reliability(
+    area="secrets",
+    fault="the copy engine: signatures in retry logs, urllib3 DEBUG lines and the final error",
+    outcome="no secret in any output",
+)
 def test_retries_exhausted_names_the_file_and_leaks_no_signature(
     archive_factory: Callable[..., Archive],
     s3_client: Any,
@@ -543,6 +610,11 @@ def test_retries_exhausted_names_the_file_and_leaks_no_signature(
     assert_no_secret(archive.signatures(), message, caught.value, caplog.text)
 
 
+@pytest.mark.reliability(
+    area="secrets",
+    fault="the copy engine: connection errors whose text carries the signed URL",
+    outcome="no secret in any output",
+)
 def test_connection_errors_leak_no_signature(
     s3_client: Any, s3_bucket: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -574,6 +646,7 @@ def assert_no_secret(secrets: set[str], message: str, error: BaseException, logs
         assert not re.search(r"Signature=(?!\[redacted\])", text)
 
 
+@pytest.mark.reliability(area="download", fault="no signed URL can be fetched", outcome="clear error")
 def test_url_provider_failure_names_the_file(s3_client: Any, s3_bucket: str) -> None:
     def broken() -> str:
         raise RuntimeError("the Cloud 66 API is down")
@@ -583,6 +656,11 @@ def test_url_provider_failure_names_the_file(s3_client: Any, s3_bucket: str) -> 
     assert_nothing_left(s3_client, s3_bucket)
 
 
+@pytest.mark.reliability(
+    area="download",
+    fault="the file changes size during the copy",
+    outcome="aborted, nothing left",
+)
 def test_file_size_changed_during_copy(
     archive_factory: Callable[..., Archive], s3_client: Any, s3_bucket: str, buffers: BufferHooks
 ) -> None:
@@ -603,6 +681,7 @@ def test_file_size_changed_during_copy(
 # -- faults on the S3 side, and cancellation -------------------------------------------------------
 
 
+@pytest.mark.reliability(area="upload", fault="S3 error on UploadPart", outcome="aborted, nothing left")
 def test_failed_upload_part_aborts(
     archive_factory: Callable[..., Archive], s3_client: Any, s3_bucket: str
 ) -> None:
@@ -618,6 +697,11 @@ def test_failed_upload_part_aborts(
     assert_nothing_left(s3_client, s3_bucket)
 
 
+@pytest.mark.reliability(
+    area="upload",
+    fault="S3 error on CompleteMultipartUpload",
+    outcome="aborted, nothing left",
+)
 def test_failed_complete_aborts(
     archive_factory: Callable[..., Archive], s3_client: Any, s3_bucket: str
 ) -> None:
@@ -632,6 +716,11 @@ def test_failed_complete_aborts(
     assert_nothing_left(s3_client, s3_bucket)
 
 
+@pytest.mark.reliability(
+    area="worker",
+    fault="cancel (on_kill) mid-copy, in the copy engine",
+    outcome="aborted, nothing left",
+)
 def test_cancel_mid_copy_aborts(
     archive_factory: Callable[..., Archive], s3_client: Any, s3_bucket: str, buffers: BufferHooks
 ) -> None:
@@ -712,3 +801,23 @@ def test_part_buffers_are_reused_and_bounded() -> None:
     buffers.give_back(second)
     last = buffers.take(3)
     assert last is not second and len(last) == 3, "a different size gets its own buffer"
+
+
+def test_an_upload_already_aborted_elsewhere_is_not_an_error(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from botocore.exceptions import ClientError
+
+    from airflow_provider_c66.transfers.copy_engine import _ArchiveCopy
+
+    class Client:
+        def abort_multipart_upload(self, **kwargs: Any) -> None:
+            raise ClientError({"Error": {"Code": "NoSuchUpload", "Message": "gone"}}, "AbortMultipartUpload")
+
+    copy = _ArchiveCopy.__new__(_ArchiveCopy)
+    copy.client, copy.bucket, copy.key, copy.target = Client(), "b", "k", "s3://b/k"
+    copy.log = logging.getLogger("test-abort")
+    with caplog.at_level(logging.INFO, logger="test-abort"):
+        copy._abort("upload-1")
+    assert [r.levelname for r in caplog.records] == ["INFO"]
+    assert "already gone" in caplog.records[0].getMessage()

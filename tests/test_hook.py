@@ -105,6 +105,7 @@ def test_import_backup(cloud66_emulator, hook):
     }
 
 
+@pytest.mark.reliability(area="API", fault="token without the admin scope (403)", outcome="clear error")
 def test_post_with_a_public_only_token_says_admin_is_needed(cloud66_emulator, monkeypatch):
     emu = cloud66_emulator
     emu.add_token("reader", ("public",))
@@ -144,6 +145,7 @@ def test_get_stack(cloud66_emulator, hook):
     assert stack["uid"] == "stack-1"
 
 
+@pytest.mark.reliability(area="API", fault="unknown stack or backup (404)", outcome="clear error")
 def test_not_found_names_what_was_missing(cloud66_emulator, hook):
     with pytest.raises(Cloud66NotFoundError, match="backup 999 of stack 'stack-1' was not found") as info:
         hook.get_backup("stack-1", 999)
@@ -152,6 +154,7 @@ def test_not_found_names_what_was_missing(cloud66_emulator, hook):
         hook.list_backups("nope")
 
 
+@pytest.mark.reliability(area="API", fault="wrong or revoked token (401)", outcome="clear error")
 def test_wrong_token_is_an_auth_error(cloud66_emulator, monkeypatch):
     emu = cloud66_emulator
     monkeypatch.setenv(
@@ -165,6 +168,11 @@ def test_wrong_token_is_an_auth_error(cloud66_emulator, monkeypatch):
 
 
 @pytest.mark.parametrize("status", [500, 502, 503])
+@pytest.mark.reliability(
+    area="API",
+    fault="5xx burst (500, 502, 503) on a read",
+    outcome="retried and succeeded",
+)
 def test_5xx_is_retried_until_success(cloud66_emulator, hook, status):
     emu = cloud66_emulator
     bid = emu.add_backup("stack-1")
@@ -173,6 +181,7 @@ def test_5xx_is_retried_until_success(cloud66_emulator, hook, status):
     assert [r.status for r in api_requests(emu)] == [status, status, 200]
 
 
+@pytest.mark.reliability(area="API", fault="5xx that outlasts the retries", outcome="clear error")
 def test_retries_are_bounded(cloud66_emulator, hook):
     emu = cloud66_emulator
     emu.fail_next(10, r"/backups", status=500)
@@ -181,6 +190,7 @@ def test_retries_are_bounded(cloud66_emulator, hook):
     assert len(api_requests(emu)) == FAST.max_attempts
 
 
+@pytest.mark.reliability(area="API", fault="429 with Retry-After", outcome="retried and succeeded")
 def test_429_honours_retry_after(cloud66_emulator, hook, monkeypatch):
     emu = cloud66_emulator
     sleeps: list[float] = []
@@ -191,6 +201,7 @@ def test_429_honours_retry_after(cloud66_emulator, hook, monkeypatch):
     assert 2.0 in sleeps
 
 
+@pytest.mark.reliability(area="API", fault="connection reset", outcome="retried and succeeded")
 def test_connection_reset_is_retried(cloud66_emulator, hook):
     emu = cloud66_emulator
     emu.drop_connection_next(1, r"/backups", after_bytes=0)
@@ -198,6 +209,8 @@ def test_connection_reset_is_retried(cloud66_emulator, hook):
     assert len(api_requests(emu)) == 2
 
 
+@pytest.mark.reliability(area="API", fault="malformed JSON once", outcome="retried and succeeded")
+@pytest.mark.reliability(area="API", fault="malformed JSON on every attempt", outcome="clear error")
 def test_malformed_json_is_retried_then_a_clear_error(cloud66_emulator, hook):
     emu = cloud66_emulator
     emu.malformed_json_next(1, r"/backups")
@@ -207,6 +220,7 @@ def test_malformed_json_is_retried_then_a_clear_error(cloud66_emulator, hook):
         hook.list_backups("stack-1")
 
 
+@pytest.mark.reliability(area="API", fault="a backup record with an unreadable date", outcome="clear error")
 def test_malformed_record_is_a_clear_error(cloud66_emulator, hook):
     cloud66_emulator.add_backup(
         "stack-1", extra_fields={"backup_date_iso": "not-a-date", "created_at_iso": None}
@@ -215,6 +229,11 @@ def test_malformed_record_is_a_clear_error(cloud66_emulator, hook):
         hook.list_backups("stack-1")
 
 
+@pytest.mark.reliability(
+    area="API",
+    fault="503 throttled, the budget resets within max_rate_limit_wait",
+    outcome="retried and succeeded",
+)
 def test_throttled_waits_for_a_near_reset_then_succeeds(cloud66_emulator_factory):
     emu = cloud66_emulator_factory(budget_window=1.0)
     emu.set_remaining(0)
@@ -223,6 +242,11 @@ def test_throttled_waits_for_a_near_reset_then_succeeds(cloud66_emulator_factory
     assert [r.status for r in api_requests(emu)] == [503, 200]
 
 
+@pytest.mark.reliability(
+    area="API",
+    fault="503 throttled, the budget resets later than max_rate_limit_wait",
+    outcome="clear error",
+)
 def test_throttled_with_a_far_reset_raises_rate_limit_error(cloud66_emulator_factory):
     emu = cloud66_emulator_factory(budget_window=3600.0)
     emu.set_remaining(0)
@@ -232,6 +256,11 @@ def test_throttled_with_a_far_reset_raises_rate_limit_error(cloud66_emulator_fac
     assert len(api_requests(emu)) == 1
 
 
+@pytest.mark.reliability(
+    area="API",
+    fault="hourly budget spent mid-run (X-RateLimit-Remaining: 0): no request is spent on a certain 503",
+    outcome="clear error",
+)
 def test_remaining_zero_stops_further_requests_until_reset(cloud66_emulator_factory):
     emu = cloud66_emulator_factory(budget_window=3600.0, hourly_budget=1)
     hook = Cloud66Hook(retry_policy=FAST)
@@ -392,6 +421,11 @@ def test_test_connection_unreachable(monkeypatch):
     assert not ok and message.startswith("Could not reach http://127.0.0.1:9/api/3")
 
 
+@pytest.mark.reliability(
+    area="secrets",
+    fault="the hook: token and signed-URL signatures in logs and errors, with retries",
+    outcome="no secret in any output",
+)
 def test_token_and_signatures_never_reach_logs_or_errors(cloud66_emulator_factory, caplog, capsys):
     emu = cloud66_emulator_factory(split_threshold=100, split_size=60, token="s3cr3t-token-value")
     bid = emu.add_backup("stack-1", size=150)
@@ -432,6 +466,11 @@ def test_provider_is_discovered_by_airflow():
     assert behaviour["relabeling"] == {"host": "API URL", "password": "Access token"}
 
 
+@pytest.mark.reliability(
+    area="API",
+    fault="502 or connection reset on a POST that may have been carried out (not repeated)",
+    outcome="clear error",
+)
 def test_a_post_that_may_have_been_carried_out_is_not_repeated(cloud66_emulator, hook):
     emu = cloud66_emulator
     emu.fail_next(1, r"/backups\.json$", status=502, method="POST")
@@ -443,6 +482,7 @@ def test_a_post_that_may_have_been_carried_out_is_not_repeated(cloud66_emulator,
     assert len(api_requests(emu, "POST")) == 2, "each POST was sent once"
 
 
+@pytest.mark.reliability(area="API", fault="429 on a POST", outcome="retried and succeeded")
 def test_a_post_refused_with_429_is_repeated(cloud66_emulator, hook, monkeypatch):
     monkeypatch.setattr("airflow_provider_c66.hooks.cloud66.time.sleep", lambda s: None)
     cloud66_emulator.rate_limit_next(1, r"/backups\.json$", retry_after=1)
@@ -450,6 +490,11 @@ def test_a_post_refused_with_429_is_repeated(cloud66_emulator, hook, monkeypatch
     assert [r.status for r in api_requests(cloud66_emulator, "POST")] == [429, 200]
 
 
+@pytest.mark.reliability(
+    area="API",
+    fault="connection refused (API unreachable), for a POST too",
+    outcome="clear error",
+)
 def test_a_refused_connection_is_retried_even_for_a_post(monkeypatch):
     import socket
 

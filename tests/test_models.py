@@ -85,6 +85,11 @@ def test_missing_optional_fields_default():
         ({**REFERENCE_RECORD, "backup_size": "12MB"}, "field 'backup_size' has an unexpected value"),
     ],
 )
+@pytest.mark.reliability(
+    area="API",
+    fault="backup records with missing or wrongly-typed fields",
+    outcome="clear error",
+)
 def test_malformed_records_raise_a_clear_error(record, message):
     with pytest.raises(Cloud66ResponseError, match="malformed backup record") as info:
         Backup.from_api(record)
@@ -114,6 +119,11 @@ def test_backup_files_sort_in_concatenation_order():
 
 
 @pytest.mark.parametrize("raw", [{"name": "x"}, {"id": ""}, {"id": 5.5}, "tar"])
+@pytest.mark.reliability(
+    area="API",
+    fault="file records with missing or wrongly-typed fields",
+    outcome="clear error",
+)
 def test_malformed_file_records(raw):
     with pytest.raises(Cloud66ResponseError, match="malformed backup file record"):
         BackupFile.from_api(raw)

@@ -160,6 +160,11 @@ def test_failed_backup_fails_fast_without_retry(cloud66_emulator_factory, run_da
     not AIRFLOW_V_3_3_PLUS, reason="the task state store that makes retries resume is Airflow 3.3+"
 )
 @pytest.mark.parametrize("deferrable", MODES)
+@pytest.mark.reliability(
+    area="API",
+    fault="a task retry after the POST (Airflow 3.3+): resumes the wait, never POSTs twice",
+    outcome="retried and succeeded",
+)
 def test_a_retry_resumes_the_wait_and_does_not_post_again(emu, run_dag, deferrable):
     emu.backup_delay = 1.5
     old = add_old_backups(emu)
@@ -238,6 +243,11 @@ def test_import_without_waiting_returns_the_message(emu, run_dag):
     assert [r.method for r in emu.requests] == ["POST"]
 
 
+@pytest.mark.reliability(
+    area="secrets",
+    fault="the import operator: the remote_url's signed query in logs",
+    outcome="no secret in any output",
+)
 def test_import_never_logs_the_signed_url_query(emu, caplog, capfd):
     caplog.set_level(logging.DEBUG)
     operator = Cloud66ImportBackupOperator(

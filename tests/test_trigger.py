@@ -178,6 +178,11 @@ def test_timeout_event_says_what_was_awaited(cloud66_emulator):
     assert 3 <= len(gets(emu)) <= 6  # one list request per 0.2 s poll, no more
 
 
+@pytest.mark.reliability(
+    area="API",
+    fault="503 storm (14 in a row) while the triggerer polls",
+    outcome="retried and succeeded",
+)
 def test_503_storm_never_ends_the_wait_early(cloud66_emulator):
     emu = cloud66_emulator
     new = emu.add_backup("stack-1", backup_date=T0)
@@ -188,6 +193,11 @@ def test_503_storm_never_ends_the_wait_early(cloud66_emulator):
     assert statuses == [503] * 14 + [200]
 
 
+@pytest.mark.reliability(
+    area="API",
+    fault="connection resets and 429 while the triggerer polls",
+    outcome="retried and succeeded",
+)
 def test_dropped_connections_and_throttling_are_retried(cloud66_emulator):
     emu = cloud66_emulator
     new = emu.add_backup("stack-1", backup_date=T0)
@@ -198,6 +208,11 @@ def test_dropped_connections_and_throttling_are_retried(cloud66_emulator):
     assert sorted(r.status for r in gets(emu)) == [200, 200, 200, 429, 429]
 
 
+@pytest.mark.reliability(
+    area="API",
+    fault="hourly budget spent while deferred: waits for the reset, spends no request",
+    outcome="clear error",
+)
 def test_spent_hourly_budget_waits_without_spending_requests(cloud66_emulator):
     emu = cloud66_emulator
     emu.add_backup("stack-1", backup_date=T0)
@@ -213,6 +228,7 @@ def test_spent_hourly_budget_waits_without_spending_requests(cloud66_emulator):
     ("status", "needle"),
     [(401, "rejected the access token"), (403, "forbidden"), (404, "was not found")],
 )
+@pytest.mark.reliability(area="API", fault="401, 403 or 404 while the triggerer polls", outcome="clear error")
 def test_non_transient_errors_end_with_error(cloud66_emulator, status, needle):
     emu = cloud66_emulator
     emu.fail_next(1, r"/backups\.json$", status=status)

@@ -172,6 +172,18 @@ class _BackupPostOperator(ResumableJobMixin, BaseOperator):  # type: ignore[misc
         return self.result_of(verdict.backups)
 
 
+def _mask_for_rendered_fields(secret: str) -> None:
+    """Airflow 3.1 redacts the rendered fields it stores with airflow-core's secrets masker, which
+    ``mask_secret`` (the Task SDK's) does not reach; newer releases (3.3) use the SDK's masker."""
+    if not secret:
+        return
+    try:
+        from airflow._shared.secrets_masker import mask_secret as core_mask_secret
+    except ImportError:  # a worker without airflow-core
+        return
+    core_mask_secret(secret)
+
+
 def _wait_of(external_id: Any) -> BackupWait | None:
     if not isinstance(external_id, dict) or "message" not in external_id:
         raise AirflowException(f"Unreadable Cloud 66 task state {external_id!r:.200}")
@@ -327,6 +339,14 @@ class Cloud66ImportBackupOperator(_BackupPostOperator):
         self.db_type = db_type
         self.remote_url = remote_url
         self._body: dict[str, Any] = {}
+
+    def render_template_fields(self, context: Context, jinja_env: Any = None) -> None:
+        super().render_template_fields(context, jinja_env)
+        # A signed URL's query is a credential: mask it before Airflow stores the rendered fields.
+        if isinstance(self.remote_url, str):
+            query = urlsplit(self.remote_url.strip()).query
+            mask_credential(query)
+            _mask_for_rendered_fields(query)
 
     def validate(self) -> None:
         super().validate()

@@ -186,16 +186,67 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
             self.log.info(
                 "s3://%s/%s already holds this backup (manifest matches); nothing to copy.", bucket, prefix
             )
+            self._abort_leftover_uploads(client, bucket, list(plan))
             return self._announce(context, bucket, existing, backup, stack)
         self._check_overwrite(client, bucket, prefix, stack, ident, list(plan))
 
-        from airflow_provider_c66.transfers.copy_engine import Source, abort_stale_uploads, copy_to_s3
+        from airflow_provider_c66.transfers.copy_engine import CopyCancelled, CopyError
 
-        stale = abort_stale_uploads(client, bucket, prefix)
-        if stale:
+        try:
+            objects = self._copy(hook, client, bucket, stack, ident, plan, settings, extra)
+        except CopyError as exc:
+            if isinstance(exc, CopyCancelled):
+                raise
+            # A concurrent copy of the same backup (another mapped task or DAG run) that completed
+            # the archive first aborts the uploads it finds on its keys, this one's included.
+            done = self._complete_archive(client, bucket, prefix, stack, ident, list(plan))
+            if done is None:
+                raise
             self.log.warning(
-                "Aborted %d unfinished multipart upload(s) under s3://%s/%s", stale, bucket, prefix
+                "This copy failed (%s), but another run has meanwhile archived backup %s completely "
+                "under s3://%s/%s; using that archive.",
+                exc,
+                ident,
+                bucket,
+                prefix,
             )
+            self._abort_leftover_uploads(client, bucket, list(plan))
+            return self._announce(context, bucket, done, backup, stack)
+        metadata = {archive.META_STACK: stack, archive.META_BACKUP: str(ident)}
+        manifest = archive.build_manifest(stack, backup, objects, joined=self.join_parts)
+        manifest_extra = {k: v for k, v in extra.items() if k in ("ServerSideEncryption", "SSEKMSKeyId")}
+        client.put_object(
+            Bucket=bucket,
+            Key=prefix + archive.MANIFEST_NAME,
+            Body=manifest,
+            ContentType="application/json",
+            Metadata=metadata,
+            **manifest_extra,
+        )
+        self.log.info(
+            "Archived backup %s of stack %r as %d object(s) under s3://%s/%s",
+            ident,
+            stack,
+            len(objects),
+            bucket,
+            prefix,
+        )
+        self._abort_leftover_uploads(client, bucket, list(plan))
+        return self._announce(context, bucket, [o.key for o in objects], backup, stack)
+
+    def _copy(
+        self,
+        hook: Cloud66Hook,
+        client: Any,
+        bucket: str,
+        stack: str,
+        ident: int,
+        plan: dict[str, list[BackupFile]],
+        settings: CopySettings,
+        extra: dict[str, Any],
+    ) -> list[ArchivedObject]:
+        from airflow_provider_c66.transfers.copy_engine import Source, copy_to_s3
+
         metadata = {archive.META_STACK: stack, archive.META_BACKUP: str(ident)}
         objects: list[ArchivedObject] = []
         for key, members in plan.items():
@@ -222,25 +273,41 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
                     ),
                 )
             )
-        manifest = archive.build_manifest(stack, backup, objects, joined=self.join_parts)
-        manifest_extra = {k: v for k, v in extra.items() if k in ("ServerSideEncryption", "SSEKMSKeyId")}
-        client.put_object(
-            Bucket=bucket,
-            Key=prefix + archive.MANIFEST_NAME,
-            Body=manifest,
-            ContentType="application/json",
-            Metadata=metadata,
-            **manifest_extra,
-        )
-        self.log.info(
-            "Archived backup %s of stack %r as %d object(s) under s3://%s/%s",
-            ident,
-            stack,
-            len(objects),
-            bucket,
-            prefix,
-        )
-        return self._announce(context, bucket, [o.key for o in objects], backup, stack)
+        return objects
+
+    def _abort_leftover_uploads(self, client: Any, bucket: str, keys: list[str]) -> None:
+        """Abort every open multipart upload on the archive's keys, once the archive is complete.
+
+        They are left by a try that was killed (SIGKILL cannot clean up) or belong to a concurrent
+        copy of the same backup that is now redundant (it finds the complete archive and succeeds).
+        Uploads are never aborted before the archive is complete, so concurrent copies cannot undo
+        each other; only exact keys of this archive are touched, never the rest of the prefix.
+        """
+        from botocore.exceptions import ClientError
+
+        aborted = 0
+        for key in keys:
+            try:
+                pages = client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=key)
+                uploads = [u for page in pages for u in page.get("Uploads", []) if u.get("Key") == key]
+            except ClientError as exc:  # the archive is complete: a failed clean-up fails nothing
+                self.log.warning("Could not list open multipart uploads of s3://%s/%s: %s", bucket, key, exc)
+                continue
+            for upload in uploads:
+                try:
+                    client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload.get("UploadId", ""))
+                    aborted += 1
+                except ClientError as exc:
+                    if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":  # finished meanwhile
+                        self.log.warning("Could not abort an open upload of s3://%s/%s: %s", bucket, key, exc)
+        if aborted:
+            self.log.warning(
+                "Aborted %d unfinished multipart upload(s) on the archive's key(s) under s3://%s/%s, "
+                "left by a killed try or a concurrent copy of the same backup",
+                aborted,
+                bucket,
+                keys[0].rsplit("/", 1)[0] + "/",
+            )
 
     def on_kill(self) -> None:
         """Stop the copy: the engine aborts the multipart upload so nothing partial is left."""

@@ -762,6 +762,9 @@ class _ArchiveCopy:
             self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=upload_id)
             self.log.info("Aborted the multipart upload of %s", self.target)
         except Exception as exc:
+            if _error_code(exc) == "NoSuchUpload":  # already aborted, e.g. by a concurrent copy that won
+                self.log.info("The multipart upload of %s was already gone", self.target)
+                return
             self.log.error(
                 "Could not abort multipart upload %s of %s (%s); abort_stale_uploads() removes it later",
                 upload_id,
@@ -775,6 +778,14 @@ class _ArchiveCopy:
             return call(Bucket=self.bucket, Key=self.key, **kwargs)
         except Exception as exc:
             raise CopyError(f"{self.target}: S3 {operation} failed: {exc}") from exc
+
+
+def _error_code(exc: BaseException) -> str | None:
+    """The S3 error code of a botocore ClientError, without importing botocore."""
+    response = getattr(exc, "response", None)
+    error = response.get("Error") if isinstance(response, dict) else None
+    code = error.get("Code") if isinstance(error, dict) else None
+    return str(code) if code is not None else None
 
 
 def _crc32(data: bytearray) -> str:

@@ -1,0 +1,610 @@
+"""Hostile and bad input: refused before any request, with a message naming the argument.
+
+One table covers every operator, the sensor, the transfer operators and the hook's methods. A few
+rows render Jinja that comes out empty (or ``"None"``) the way Airflow does: through the operator's
+``render_template_fields`` with a context, or through a real ``dag.test()`` run.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from airflow_provider_c66.exceptions import Cloud66InputError
+from airflow_provider_c66.hooks.cloud66 import Cloud66Hook
+from airflow_provider_c66.operators.backups import Cloud66CreateBackupOperator, Cloud66ImportBackupOperator
+from airflow_provider_c66.sensors.backups import Cloud66BackupSensor
+from airflow_provider_c66.testing.emulator import Cloud66Emulator
+from airflow_provider_c66.testing.pytest_plugin import connection_json
+from airflow_provider_c66.transfers import archive
+from airflow_provider_c66.transfers.backup_to_s3 import Cloud66BackupToS3Operator
+from airflow_provider_c66.transfers.s3_to_cloud66 import S3ToCloud66ImportOperator
+
+RUN = datetime(2026, 5, 1, tzinfo=timezone.utc)
+SIGNED_URL = "https://backups.example.com/dumps/app_db.tar?X-Amz-Signature=0123abcd"
+BUCKET = "{bucket}"  # replaced by the test's bucket
+
+OPERATORS: dict[str, tuple[type, dict[str, Any]]] = {
+    "create": (Cloud66CreateBackupOperator, {"stack_id": "stack-1", "wait_for_completion": True}),
+    "import": (
+        Cloud66ImportBackupOperator,
+        {"stack_id": "stack-1", "group": 1, "db_type": "mysql", "remote_url": SIGNED_URL},
+    ),
+    "sensor": (Cloud66BackupSensor, {"stack_id": "stack-1", "db_type": "mysql"}),
+    "transfer": (Cloud66BackupToS3Operator, {"stack_id": "stack-1", "backup_id": 1, "s3_bucket": BUCKET}),
+    "restore": (
+        S3ToCloud66ImportOperator,
+        {"s3_bucket": BUCKET, "s3_key": "k.tar", "stack_id": "stack-1", "group": 1, "db_type": "mysql"},
+    ),
+}
+NAMES = {
+    "create": "Cloud66CreateBackupOperator",
+    "import": "Cloud66ImportBackupOperator",
+    "sensor": "Cloud66BackupSensor",
+    "transfer": "Cloud66BackupToS3Operator",
+    "restore": "S3ToCloud66ImportOperator",
+}
+
+
+@dataclass(frozen=True)
+class Bad:
+    """One bad input: what receives it, the arguments, the field the error must name.
+
+    ``render``: None (plain arguments), "context" (``render_template_fields`` with a context) or
+    "dag" (a real ``dag.test()`` run). ``params`` are the run's params for the templates.
+    """
+
+    target: str  # an operator key of OPERATORS, or "hook.<method>"
+    kwargs: dict[str, Any]
+    field: str
+    what: str
+    args: tuple[Any, ...] = ()
+    render: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def fault(self) -> str:
+        where = NAMES.get(self.target) or f"Cloud66Hook.{self.target.split('.', 1)[1]}()"
+        how = {
+            None: "",
+            "context": " (Jinja rendered with a context)",
+            "dag": " (Jinja rendered in dag.test())",
+        }
+        what = re.sub(r"'([^']+)'", r"`\1`", self.what)  # literal values as code in the table
+        return f"{where} `{self.field}`: {what}{how[self.render]}"
+
+
+def bad(case_id: str, target: str, field: str, what: str, **kwargs: Any) -> Any:
+    args = kwargs.pop("args", ())
+    render = kwargs.pop("render", None)
+    params = kwargs.pop("params", {})
+    case = Bad(target, kwargs, field, what, args, render, params)
+    mark = pytest.mark.reliability(area="bad input", fault=case.fault, outcome="refused before any request")
+    return pytest.param(case, id=case_id, marks=mark)
+
+
+BAD = [
+    # Cloud66CreateBackupOperator
+    bad("create-stack-int", "create", "stack_id", "wrong type (int)", stack_id=123),
+    bad("create-stack-empty", "create", "stack_id", "empty string", stack_id=""),
+    bad("create-stack-traversal", "create", "stack_id", "path traversal '../other'", stack_id="../other"),
+    bad("create-db-unknown", "create", "db_type", "unknown db type 'oracle'", db_type="oracle"),
+    bad("create-db-list", "create", "db_type", "a list with an unknown type", db_type=["mysql", "sqlite"]),
+    bad("create-db-empty", "create", "db_type", "empty string", db_type=""),
+    bad("create-cron-6", "create", "frequency", "6-field cron '0 0 * * * *'", frequency="0 0 * * * *"),
+    bad("create-cron-macro", "create", "frequency", "cron macro '@daily'", frequency="@daily"),
+    bad("create-cron-step0", "create", "frequency", "cron step 0 '*/0 * * * *'", frequency="*/0 * * * *"),
+    bad("create-keep-huge", "create", "keep_count", "huge (10**9)", keep_count=10**9),
+    bad("create-keep-2e63", "create", "keep_count", "huge (2**63)", keep_count=2**63),
+    bad("create-keep-negative", "create", "keep_count", "negative", keep_count=-1),
+    bad("create-keep-bool", "create", "keep_count", "wrong type (bool)", keep_count=True),
+    bad("create-gzip", "create", "gzip", "not a boolean ('maybe')", gzip="maybe"),
+    bad(
+        "create-tables-type", "create", "excluded_tables", "wrong type in the list", excluded_tables=["a", 5]
+    ),
+    bad("create-tables-ctrl", "create", "excluded_tables", "control character", excluded_tables="a\nb"),
+    bad("create-replica", "create", "run_on_replica_server", "not a boolean (2)", run_on_replica_server=2),
+    bad("create-poll-zero", "create", "poll_interval", "zero", poll_interval=0),
+    bad("create-timeout-text", "create", "timeout", "not a number ('soon')", timeout="soon"),
+    bad("create-wait-text", "create", "wait_for_completion", "not a boolean", wait_for_completion="often"),
+    bad(
+        "create-cron-jinja-empty",
+        "create",
+        "frequency",
+        "renders to an empty string",
+        frequency="{{ params.cron }}",
+        params={"cron": ""},
+        render="context",
+    ),
+    bad(
+        "create-keep-jinja-empty",
+        "create",
+        "keep_count",
+        "renders to an empty string",
+        keep_count="{{ params.keep }}",
+        params={"keep": ""},
+        render="dag",
+    ),
+    # Cloud66ImportBackupOperator
+    bad(
+        "import-url-10", "import", "remote_url", "private address 10.x", remote_url="https://10.1.2.3/db.tar"
+    ),
+    bad(
+        "import-url-192",
+        "import",
+        "remote_url",
+        "private address 192.168.x",
+        remote_url="https://192.168.0.10/db.tar",
+    ),
+    bad(
+        "import-url-169",
+        "import",
+        "remote_url",
+        "link-local metadata address 169.254.169.254",
+        remote_url="https://169.254.169.254/latest/meta-data/",
+    ),
+    bad(
+        "import-url-ula",
+        "import",
+        "remote_url",
+        "private IPv6 fd00::1",
+        remote_url="https://[fd00::1]/db.tar",
+    ),
+    bad(
+        "import-url-http",
+        "import",
+        "remote_url",
+        "plain http",
+        remote_url="http://backups.example.com/db.tar",
+    ),
+    bad(
+        "import-url-ftp", "import", "remote_url", "ftp scheme", remote_url="ftp://backups.example.com/db.tar"
+    ),
+    bad("import-url-file", "import", "remote_url", "file scheme", remote_url="file:///etc/passwd"),
+    bad("import-url-empty", "import", "remote_url", "empty string", remote_url=""),
+    bad("import-url-none", "import", "remote_url", "wrong type (None)", remote_url=None),
+    bad("import-group-text", "import", "group", "not an integer ('abc')", group="abc"),
+    bad("import-group-zero", "import", "group", "zero", group=0),
+    bad("import-db-all", "import", "db_type", "'all' (an import is one type)", db_type="all"),
+    bad(
+        "import-url-jinja-empty",
+        "import",
+        "remote_url",
+        "renders to an empty string",
+        remote_url="{{ params.url }}",
+        params={"url": ""},
+        render="context",
+    ),
+    bad(
+        "import-db-jinja-empty",
+        "import",
+        "db_type",
+        "renders to an empty string (a missing dag_run.conf key)",
+        db_type="{{ dag_run.conf.get('db_type', '') }}",
+        render="context",
+    ),
+    # Cloud66BackupSensor
+    bad("sensor-stack-none", "sensor", "stack_id", "wrong type (None)", stack_id=None),
+    bad("sensor-db-unknown", "sensor", "db_type", "unknown db type 'postgres'", db_type="postgres"),
+    bad("sensor-group-negative", "sensor", "group", "negative", group=-1),
+    bad("sensor-database-empty", "sensor", "database_name", "empty string", database_name=""),
+    bad("sensor-newer-text", "sensor", "newer_than", "not a timestamp ('yesterday')", newer_than="yesterday"),
+    bad(
+        "sensor-newer-overflow",
+        "sensor",
+        "newer_than",
+        "out-of-range timestamp '0001-01-01T00:00:00+01:00'",
+        newer_than="0001-01-01T00:00:00+01:00",
+    ),
+    bad(
+        "sensor-after-traversal", "sensor", "after_backup_id", "path traversal '../7'", after_backup_id="../7"
+    ),
+    bad(
+        "sensor-fail-flag", "sensor", "fail_on_failed_backup", "not a boolean", fail_on_failed_backup="maybe"
+    ),
+    bad(
+        "sensor-stack-jinja-empty",
+        "sensor",
+        "stack_id",
+        "renders to an empty string",
+        stack_id="{{ params.stack }}",
+        params={"stack": ""},
+        render="context",
+    ),
+    bad(
+        "sensor-db-jinja-empty",
+        "sensor",
+        "db_type",
+        "renders to an empty string (a missing dag_run.conf key)",
+        db_type="{{ dag_run.conf.get('db_type', '') }}",
+        render="dag",
+    ),
+    # Cloud66BackupToS3Operator
+    bad("transfer-backup-none", "transfer", "backup_id", "wrong type (None)", backup_id=None),
+    bad("transfer-backup-text", "transfer", "backup_id", "not an integer ('12abc')", backup_id="12abc"),
+    bad("transfer-backup-dict", "transfer", "backup_id", "a record with a negative id", backup_id={"id": -4}),
+    bad("transfer-backup-list", "transfer", "backup_id", "wrong type (list)", backup_id=[1]),
+    bad("transfer-bucket-empty", "transfer", "s3_bucket", "empty string", s3_bucket=""),
+    bad(
+        "transfer-bucket-traversal",
+        "transfer",
+        "s3_bucket",
+        "path traversal '../bucket'",
+        s3_bucket="../bucket",
+    ),
+    bad(
+        "transfer-bucket-upper",
+        "transfer",
+        "s3_bucket",
+        "not a bucket name ('My_Bucket')",
+        s3_bucket="My_Bucket",
+    ),
+    bad(
+        "transfer-prefix-up",
+        "transfer",
+        "s3_key_prefix",
+        "path traversal '../escape/'",
+        s3_key_prefix="../escape/",
+    ),
+    bad(
+        "transfer-prefix-inner-up",
+        "transfer",
+        "s3_key_prefix",
+        "path traversal 'archive/../../other/'",
+        s3_key_prefix="archive/../../other/",
+    ),
+    bad(
+        "transfer-prefix-absolute", "transfer", "s3_key_prefix", "absolute key '/abs/'", s3_key_prefix="/abs/"
+    ),
+    bad("transfer-prefix-dot", "transfer", "s3_key_prefix", "'.' segment", s3_key_prefix="a/./b/"),
+    bad(
+        "transfer-prefix-empty-seg",
+        "transfer",
+        "s3_key_prefix",
+        "empty segment 'a//b/'",
+        s3_key_prefix="a//b/",
+    ),
+    bad(
+        "transfer-prefix-nul",
+        "transfer",
+        "s3_key_prefix",
+        "control character (NUL)",
+        s3_key_prefix="a/\x00/b/",
+    ),
+    bad(
+        "transfer-prefix-backslash",
+        "transfer",
+        "s3_key_prefix",
+        "backslashes 'a\\..\\b'",
+        s3_key_prefix="a\\..\\b/",
+    ),
+    bad(
+        "transfer-prefix-placeholder",
+        "transfer",
+        "s3_key_prefix",
+        "unknown placeholder '{password}'",
+        s3_key_prefix="{stack_id}/{password}/",
+    ),
+    bad("transfer-prefix-int", "transfer", "s3_key_prefix", "wrong type (int)", s3_key_prefix=42),
+    bad("transfer-part-text", "transfer", "part_size", "not an integer ('big')", part_size="big"),
+    bad("transfer-part-huge", "transfer", "part_size", "over 5 GiB", part_size=6 * 1024**3),
+    bad("transfer-concurrency", "transfer", "max_concurrency", "huge (1000)", max_concurrency=1000),
+    bad("transfer-storage", "transfer", "storage_class", "unknown ('COLDEST')", storage_class="COLDEST"),
+    bad("transfer-tags-text", "transfer", "tags", "wrong type (a string)", tags="team=data"),
+    bad(
+        "transfer-backup-jinja-none",
+        "transfer",
+        "backup_id",
+        "renders to 'None' (an XCom that is not there)",
+        backup_id="{{ ti.xcom_pull(task_ids='no_such_task') }}",
+        render="dag",
+    ),
+    bad(
+        "transfer-prefix-jinja-empty",
+        "transfer",
+        "s3_key_prefix",
+        "renders to an empty string",
+        s3_key_prefix="{{ params.prefix }}",
+        params={"prefix": ""},
+        render="context",
+    ),
+    bad(
+        "transfer-bucket-jinja-empty",
+        "transfer",
+        "s3_bucket",
+        "renders to an empty string",
+        s3_bucket="{{ params.bucket }}",
+        params={"bucket": ""},
+        render="context",
+    ),
+    # S3ToCloud66ImportOperator
+    bad(
+        "restore-key-traversal",
+        "restore",
+        "s3_key",
+        "path traversal '../../etc/passwd'",
+        s3_key="../../etc/passwd",
+    ),
+    bad("restore-key-absolute", "restore", "s3_key", "absolute key '/abs/db.tar'", s3_key="/abs/db.tar"),
+    bad("restore-key-empty", "restore", "s3_key", "empty string", s3_key=""),
+    bad("restore-key-uri", "restore", "s3_key", "an s3:// URI", s3_key="s3://bucket/db.tar"),
+    bad("restore-key-ctrl", "restore", "s3_key", "control characters", s3_key="db.tar\r\n"),
+    bad("restore-expiry-huge", "restore", "expires_in", "over 7 days", expires_in=10**8),
+    bad("restore-stack-space", "restore", "stack_id", "a space in the id", stack_id="stack 1"),
+    bad(
+        "restore-key-jinja-empty",
+        "restore",
+        "s3_key",
+        "renders to an empty string",
+        s3_key="{{ params.key }}",
+        params={"key": ""},
+        render="context",
+    ),
+    # Cloud66Hook methods
+    bad("hook-list-stack-list", "hook.list_backups", "stack_id", "wrong type (list)", args=(["stack-1"],)),
+    bad(
+        "hook-list-db",
+        "hook.list_backups",
+        "db_type",
+        "unknown db type 'sqlite'",
+        args=("stack-1",),
+        db_type="sqlite",
+    ),
+    bad(
+        "hook-latest-group",
+        "hook.latest_backups",
+        "group",
+        "not an integer",
+        args=("stack-1",),
+        group="first",
+    ),
+    bad(
+        "hook-get-id-sql",
+        "hook.get_backup",
+        "backup_id",
+        "injection '1 OR 1=1'",
+        args=("stack-1", "1 OR 1=1"),
+    ),
+    bad(
+        "hook-get-stack-traversal", "hook.get_backup", "stack_id", "path traversal", args=("stack-1/../x", 1)
+    ),
+    bad(
+        "hook-create-cron-6",
+        "hook.create_backup_task",
+        "frequency",
+        "6-field cron '0 0 1 1 * 2026'",
+        args=("stack-1",),
+        frequency="0 0 1 1 * 2026",
+    ),
+    bad(
+        "hook-create-keep-huge",
+        "hook.create_backup_task",
+        "keep_count",
+        "huge (50,000)",
+        args=("stack-1",),
+        keep_count=50_000,
+    ),
+    bad(
+        "hook-import-172",
+        "hook.import_backup",
+        "remote_url",
+        "private address 172.16.x",
+        args=("stack-1",),
+        group=1,
+        db_type="mysql",
+        remote_url="https://172.16.0.4/db.tar",
+    ),
+    bad(
+        "hook-import-cgnat",
+        "hook.import_backup",
+        "remote_url",
+        "shared address 100.64.x",
+        args=("stack-1",),
+        group=1,
+        db_type="mysql",
+        remote_url="https://100.64.0.1/db.tar",
+    ),
+    bad("hook-files-zero", "hook.list_backup_files", "backup_id", "zero", args=("stack-1", 0)),
+    bad(
+        "hook-url-traversal",
+        "hook.get_backup_file_url",
+        "file_id",
+        "path traversal",
+        args=("stack-1", 1, "../../x"),
+    ),
+    bad(
+        "hook-url-absolute",
+        "hook.get_backup_file_url",
+        "file_id",
+        "absolute path",
+        args=("stack-1", 1, "/etc/passwd"),
+    ),
+    bad("hook-url-empty", "hook.get_backup_file_url", "file_id", "empty string", args=("stack-1", 1, "")),
+    bad("hook-stack-none", "hook.get_stack", "stack_id", "wrong type (None)", args=(None,)),
+]
+
+
+@pytest.fixture
+def s3_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every S3 (any AWS) API call made in this process by any botocore client."""
+    from botocore.client import BaseClient
+
+    calls: list[str] = []
+    original = BaseClient._make_api_call
+
+    def recording(self: Any, operation_name: str, api_params: Any) -> Any:
+        calls.append(operation_name)
+        return original(self, operation_name, api_params)
+
+    monkeypatch.setattr(BaseClient, "_make_api_call", recording)
+    return calls
+
+
+def _fill(value: Any, bucket: str) -> Any:
+    return bucket if value == BUCKET else value
+
+
+def _operator_kwargs(case: Bad, bucket: str) -> dict[str, Any]:
+    _, defaults = OPERATORS[case.target]
+    kwargs = {key: _fill(value, bucket) for key, value in {**defaults, **case.kwargs}.items()}
+    if case.target == "transfer":
+        kwargs.setdefault("asset_alias", None)
+    return kwargs
+
+
+def _refuse(case: Bad, bucket: str, run_dag: Any) -> Cloud66InputError:
+    """Run the case the way it says; return the Cloud66InputError it must end in."""
+    if case.target.startswith("hook."):
+        with pytest.raises(Cloud66InputError) as info:
+            getattr(Cloud66Hook(), case.target.split(".", 1)[1])(*case.args, **case.kwargs)
+        return info.value
+    if case.render == "dag":
+        from airflow.sdk import DAG
+
+        errors: list[BaseException] = []
+        cls, _ = OPERATORS[case.target]
+
+        def execute(self: Any, context: Any) -> Any:
+            try:
+                return cls.execute(self, context)
+            except Exception as exc:
+                errors.append(exc)
+                raise
+
+        recording = type(cls.__name__, (cls,), {"execute": execute})
+        with DAG(f"bad_input_{case.target}_{case.field}", schedule=None, params=case.params) as dag:
+            recording(task_id="bad_input", **_operator_kwargs(case, bucket))
+        dagrun = run_dag(dag, logical_date=RUN)
+        assert dagrun.state == "failed"
+        (error,) = errors
+        assert isinstance(error, Cloud66InputError), repr(error)
+        return error
+    cls, _ = OPERATORS[case.target]
+    op = cls(task_id="bad_input", **_operator_kwargs(case, bucket))
+    context: dict[str, Any] = {"data_interval_start": RUN, "logical_date": RUN}
+    if case.render == "context":
+        context.update(params=case.params, dag_run=SimpleNamespace(conf={}, run_after=RUN))
+        op.render_template_fields(context)
+    with pytest.raises(Cloud66InputError) as info:
+        op.execute(context)
+    return info.value
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_input_is_refused_before_any_request(
+    case, cloud66_emulator, s3_client, s3_bucket, aws_connection, s3_calls, run_dag
+):
+    s3_calls.clear()  # the bucket's own creation
+    error = _refuse(case, s3_bucket, run_dag)
+
+    assert error.field == case.field
+    assert str(error).startswith(f"{case.field}: "), str(error)
+    assert cloud66_emulator.requests == [], "no request reached Cloud 66"
+    assert s3_calls == [], "no call reached S3"
+    assert s3_client.list_objects_v2(Bucket=s3_bucket).get("KeyCount") == 0
+    assert s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
+
+
+def test_the_table_has_at_least_40_bad_inputs_across_every_entry_point():
+    cases = [param.values[0] for param in BAD]
+    assert len(cases) >= 40
+    targets = {case.target for case in cases}
+    assert set(OPERATORS) <= targets
+    methods = {t.split(".", 1)[1] for t in targets if t.startswith("hook.")}
+    assert methods >= {
+        "list_backups",
+        "latest_backups",
+        "get_backup",
+        "create_backup_task",
+        "import_backup",
+        "list_backup_files",
+        "get_backup_file_url",
+        "get_stack",
+    }
+    assert {case.render for case in cases} == {None, "context", "dag"}
+
+
+# --- names from the API ---------------------------------------------------------------------------
+class HostileNames(Cloud66Emulator):
+    """The emulator, but the file list gives hostile names (the files themselves download as usual)."""
+
+    names: dict[str, str] = {}
+
+    def _route(
+        self, method: str, segments: list[str], params: dict[str, Any], scopes: tuple[str, ...]
+    ) -> Any:
+        answer = super()._route(method, segments, params, scopes)
+        if method == "GET" and len(segments) == 5 and segments[-1] == "files":
+            for item in answer["response"]:
+                item["name"] = self.names.get(item["id"], item["name"])
+        return answer
+
+
+HOSTILE = {
+    "tar-aa": "../../../etc/passwd.tar-aa",
+    "tar-ab": "..\\..\\windows\\system.tar-ab",
+    "tar-ac": "db\x00\n\r\x7f\x1b[31m.tar-ac",
+    "tar-ad": "/absolute/db.tar-ad",
+    "tar-ae": "..",
+}
+
+
+@pytest.mark.reliability(
+    area="bad input",
+    fault="backup file names from the API with `/`, `..`, backslashes, an absolute path or control "
+    "characters, and a db_type and database name with `../` and NUL (in the prefix)",
+    outcome="kept under the prefix",
+)
+@pytest.mark.parametrize("join_parts", [True, False], ids=["joined", "one-object-per-file"])
+def test_hostile_names_from_the_api_never_escape_the_prefix(
+    join_parts, s3_client, s3_bucket, aws_connection, monkeypatch
+):
+    with HostileNames(split_threshold=100, split_size=100) as emu:
+        emu.names = HOSTILE
+        emu.add_stack("stack-1")
+        monkeypatch.setenv("AIRFLOW_CONN_CLOUD66_DEFAULT", connection_json(emu))
+        bid = emu.add_backup(
+            "stack-1",
+            size=450,
+            database_name="../\x00evil/..",
+            backup_date=RUN - timedelta(days=1),
+            extra_fields={"db_type": "../../x"},
+        )
+        assert emu.file_ids("stack-1", bid) == list(HOSTILE)
+        operator = Cloud66BackupToS3Operator(
+            task_id="archive",
+            stack_id="stack-1",
+            backup_id=bid,
+            s3_bucket=s3_bucket,
+            s3_key_prefix="safe/{db_type}/{database_name}/{backup_id}/",
+            join_parts=join_parts,
+            asset_alias=None,
+        )
+        uris = operator.execute({})
+
+        db_type, database = archive.safe_segment("../../x"), archive.safe_segment("../\x00evil/..")
+        prefix = f"safe/{db_type}/{database}/{bid}/"
+        stored = sorted(o["Key"] for o in s3_client.list_objects_v2(Bucket=s3_bucket)["Contents"])
+        assert len(stored) == (2 if join_parts else len(HOSTILE) + 1)
+        assert sorted(u.split("/", 3)[3] for u in uris) == [
+            k for k in stored if k != prefix + "manifest.json"
+        ]
+        for key in stored:
+            assert key.startswith(prefix), key
+            name = key[len(prefix) :]
+            assert name and "/" not in name and "\\" not in name and name not in (".", ".."), key
+            assert not re.search(r"[\x00-\x1f\x7f]", key), key
+            assert ".." not in key.split("/"), key
+        if join_parts:
+            (key,) = [k for k in stored if not k.endswith("manifest.json")]
+            data = s3_client.get_object(Bucket=s3_bucket, Key=key)["Body"].read()
+            assert data == b"".join(emu.iter_archive("stack-1", bid))
+        else:
+            for file_id, uri in zip(HOSTILE, uris, strict=True):
+                data = s3_client.get_object(Bucket=s3_bucket, Key=uri.split("/", 3)[3])["Body"].read()
+                assert data == emu.file_bytes("stack-1", bid, file_id)
