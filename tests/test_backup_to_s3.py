@@ -310,3 +310,25 @@ def test_import_bad_input(emu, s3_bucket, aws_connection, kwargs, field):
         S3ToCloud66ImportOperator(task_id="t", **args).execute({})
     assert info.value.field == field
     assert emu.requests == []
+
+
+def test_written_objects_are_announced_as_assets(emu, s3_client, s3_bucket, aws_connection, run_dag):
+    from airflow.models.asset import AssetAliasModel, AssetEvent
+    from airflow.sdk import DAG
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    bid = emu.add_backup("stack-1", size=2048, backup_date=DATE, database_name="app_db")
+    with DAG("archive_assets", schedule=None) as dag:
+        Cloud66BackupToS3Operator(task_id="archive", stack_id="stack-1", backup_id=bid, s3_bucket=s3_bucket)
+    assert run_dag(dag).state == "success"
+    name = emu.file_names("stack-1", bid)[0]
+    uri = f"s3://{s3_bucket}/cloud66/stack-1/mysql/app_db/2026/03/04/{bid}/{name}"
+    with create_session() as session:
+        events = [e for e in session.scalars(select(AssetEvent)) if e.asset.uri == uri]
+        assert len(events) == 1
+        assert events[0].extra == {"stack_id": "stack-1", "backup_id": bid, "db_type": "mysql"}
+        alias = session.scalar(
+            select(AssetAliasModel).where(AssetAliasModel.name == "cloud66-backup-archives")
+        )
+        assert alias is not None and uri in [a.uri for a in alias.assets]
