@@ -19,6 +19,8 @@ from airflow_provider_c66.watermark import BackupWait, Verdict
 
 EventStatus = Literal["success", "failed", "timeout", "error"]
 EVENT_STATUSES: tuple[str, ...] = ("success", "failed", "timeout", "error")
+FIRST_POLL_DELAY = 15.0
+"""Seconds between the deferring task's own check and the trigger's first poll, at most."""
 
 
 class Cloud66BackupTrigger(BaseTrigger):  # type: ignore[misc]
@@ -87,15 +89,16 @@ class Cloud66BackupTrigger(BaseTrigger):  # type: ignore[misc]
     ) -> Cloud66BackupTrigger:
         """The trigger for ``wait``, ending ``timeout`` seconds from now.
 
-        The deferring task has just polled, so the trigger's first poll comes one interval later:
-        that keeps to one request per interval, and leaves the scheduler time to record the deferral
-        before an event can arrive (a trigger firing first can fail the try on Airflow 3.3.2).
+        The deferring task has just polled, so the trigger's first poll waits a little (one
+        interval, at most ``FIRST_POLL_DELAY``): that leaves the scheduler time to record the
+        deferral before an event can arrive (a trigger firing first can fail the try on Airflow
+        3.3.2) and spends no request on an answer the task has just had.
         """
         now = time.time()
         return cls(
             **wait.to_json(),
             started_at=now,
-            first_poll_at=now + poll_interval,
+            first_poll_at=now + min(poll_interval, FIRST_POLL_DELAY),
             end_time=now + timeout,
             poll_interval=poll_interval,
             cloud66_conn_id=cloud66_conn_id,
