@@ -553,15 +553,16 @@ def test_sigterm_and_sigkill_mid_copy(
 # --- concurrency ----------------------------------------------------------------------------------
 @reliability(
     area="concurrency",
-    fault="several transfers of the same backup at once, overlapping (own operator instance each)",
+    fault="20 transfers of the same backup at once, overlapping (own operator instance each)",
     outcome="one archive; all succeeded or skipped",
 )
 def test_concurrent_transfers_of_one_backup_all_succeed_with_one_archive(
     cloud66_emulator_factory, s3_client, s3_bucket, s3_server, monkeypatch
 ):
-    """Three start together, three more each while an upload is open (a mapped task group with
-    less parallelism than tasks, or two DAG runs). Before the fix, a copy that started aborted
-    every open upload under its prefix, so copies already running failed with NoSuchUpload."""
+    """Twenty copies, as twenty mapped tasks would be: ten start together, ten more each while an
+    upload is open (a mapped task group with less parallelism than tasks, or two DAG runs). Before
+    the fix, a copy that started aborted every open upload under its prefix, so copies already
+    running failed with NoSuchUpload."""
     # Real S3 answers a call on an aborted upload with 404 NoSuchUpload, which botocore does not
     # retry; moto answers 500, which older botocore retries for seconds: cap the retries here.
     extra = {
@@ -575,11 +576,12 @@ def test_concurrent_transfers_of_one_backup_all_succeed_with_one_archive(
     bid = emu.add_backup("stack-1", size=16 * MiB + 1, backup_date=DATE)
     results: dict[int, list[str]] = {}
     errors: dict[int, BaseException] = {}
-    barrier = threading.Barrier(3)
+    together, copies = 10, 20
+    barrier = threading.Barrier(together)
 
     def run(index: int) -> None:
         try:
-            if index < 3:
+            if index < together:
                 barrier.wait(30)
             results[index] = make_op(s3_bucket, bid, task_id=f"archive_{index}", max_concurrency=2).execute(
                 {}
@@ -587,10 +589,10 @@ def test_concurrent_transfers_of_one_backup_all_succeed_with_one_archive(
         except BaseException as exc:
             errors[index] = exc
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(6)]
-    for thread in threads[:3]:
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(copies)]
+    for thread in threads[:together]:
         thread.start()
-    for thread in threads[3:]:
+    for thread in threads[together:]:
         wait_until(lambda: bool(open_uploads(s3_client, s3_bucket)) or not any(t.is_alive() for t in threads))
         thread.start()
         time.sleep(0.1)
@@ -599,7 +601,7 @@ def test_concurrent_transfers_of_one_backup_all_succeed_with_one_archive(
 
     assert not errors, {i: repr(e) for i, e in errors.items()}
     uri = f"s3://{s3_bucket}/{archive_key(emu, bid)}"
-    assert results == {i: [uri] for i in range(6)}
+    assert results == {i: [uri] for i in range(copies)}
     assert_archived(s3_client, s3_bucket, emu, bid)
 
 
