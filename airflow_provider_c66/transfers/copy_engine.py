@@ -766,7 +766,7 @@ class _ArchiveCopy:
                 self.log.info("The multipart upload of %s was already gone", self.target)
                 return
             self.log.error(
-                "Could not abort multipart upload %s of %s (%s); abort_stale_uploads() removes it later",
+                "Could not abort multipart upload %s of %s (%s); the run that completes the archive aborts it",
                 upload_id,
                 self.target,
                 exc,
