@@ -24,6 +24,7 @@ from airflow_provider_c66.testing.emulator import Cloud66Emulator
 from airflow_provider_c66.transfers import copy_engine
 from airflow_provider_c66.transfers.backup_to_s3 import Cloud66BackupToS3Operator
 from airflow_provider_c66.transfers.s3_to_cloud66 import S3ToCloud66ImportOperator
+from tests.test_sensor import Failures
 
 MiB = 1 << 20
 TOKEN = "c66-SECRET-token-8f2b1e9a7c41d3"
@@ -58,32 +59,6 @@ def signatures(urls: Iterable[str]) -> set[str]:
                 quoted = quote(raw, safe="")
                 found |= {raw, quoted, quoted.replace("%", "%25")}
     return found
-
-
-class Recorder:
-    """Operator classes whose execute/execute_complete keep what they raised (deferral aside)."""
-
-    def __init__(self) -> None:
-        self.errors: list[BaseException] = []
-
-    def __call__(self, cls: type) -> type:
-        errors = self.errors
-
-        def recorded(method: Callable[..., Any]) -> Callable[..., Any]:
-            def call(self: Any, *args: Any, **kwargs: Any) -> Any:
-                try:
-                    return method(self, *args, **kwargs)
-                except Exception as exc:
-                    if type(exc).__name__ not in ("TaskDeferred", "AirflowRescheduleException"):
-                        errors.append(exc)
-                    raise
-
-            return call
-
-        methods = {"execute": recorded(cls.execute)}
-        if hasattr(cls, "execute_complete"):
-            methods["execute_complete"] = recorded(cls.execute_complete)
-        return type(cls.__name__, (cls,), methods)
 
 
 def run_outputs(dagrun: Any) -> dict[str, str]:
@@ -200,7 +175,8 @@ def test_dag_runs_with_faults_and_retries_leak_no_secret(
 
     monkeypatch.setattr(Cloud66BackupToS3Operator, "_s3_client", client_with_fault)
 
-    record = Recorder()
+    failures = Failures()
+    record = failures.wrap
     retry = {"retries": 1, "retry_delay": timedelta(0)}
     with DAG("secrets_archive", schedule=None) as archive_dag:
         wait = record(Cloud66BackupSensor)(
@@ -256,7 +232,7 @@ def test_dag_runs_with_faults_and_retries_leak_no_secret(
 
     # The faults really happened, and the runs ended as they should.
     assert archive_run.state == "failed" and post_run.state == "success"
-    assert {type(e).__name__ for e in record.errors} >= {"CopyError", "Cloud66ApiError"}
+    assert {type(e).__name__ for e in failures.errors} >= {"CopyError", "Cloud66ApiError"}
     statuses = [(r.kind, r.status) for r in emu.requests]
     for fault in [("api", 503), ("api", 429), ("api", 500), ("file", 403), ("file", 429), ("file", 404)]:
         assert fault in statuses, fault
@@ -271,7 +247,7 @@ def test_dag_runs_with_faults_and_retries_leak_no_secret(
     out, err = capfd.readouterr()
     texts = {"stdout": out, "stderr": err, "caplog": caplog.text}
     texts |= {f"log record {i}": r.getMessage() for i, r in enumerate(caplog.records)}
-    for i, error in enumerate(record.errors):
+    for i, error in enumerate(failures.errors):
         texts[f"exception {i}"] = "".join(traceback.format_exception(error))
     texts |= run_outputs(archive_run) | run_outputs(post_run)
     log_dir = Path(os.environ["AIRFLOW_HOME"]) / "logs"

@@ -88,11 +88,10 @@ class Failures:
 
             return call
 
-        return type(
-            cls.__name__,
-            (cls,),
-            {"execute": recorded(cls.execute), "execute_complete": recorded(cls.execute_complete)},
-        )
+        methods = {"execute": recorded(cls.execute)}
+        if hasattr(cls, "execute_complete"):
+            methods["execute_complete"] = recorded(cls.execute_complete)
+        return type(cls.__name__, (cls,), methods)
 
     @property
     def only(self) -> BaseException:
