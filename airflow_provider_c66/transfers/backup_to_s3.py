@@ -18,6 +18,7 @@ from airflow_provider_c66.hooks.cloud66 import Cloud66Hook
 from airflow_provider_c66.models import Backup, BackupFile
 from airflow_provider_c66.transfers import archive
 from airflow_provider_c66.transfers.archive import ArchivedObject
+from airflow_provider_c66.transfers.copy_engine import s3_error_code
 
 try:
     from airflow.providers.common.compat.sdk import AirflowException, AssetAlias, BaseOperator
@@ -298,7 +299,7 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
                     client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload.get("UploadId", ""))
                     aborted += 1
                 except ClientError as exc:
-                    if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":  # finished meanwhile
+                    if s3_error_code(exc) != "NoSuchUpload":  # finished meanwhile
                         self.log.warning("Could not abort an open upload of s3://%s/%s: %s", bucket, key, exc)
         if aborted:
             self.log.warning(
@@ -398,13 +399,16 @@ def _tagging(tags: Mapping[str, str]) -> str:
     return urlencode(dict(tags))
 
 
+_MISSING = ("404", "NoSuchKey", "NotFound")
+
+
 def _head(client: Any, bucket: str, key: str) -> dict[str, Any] | None:
     from botocore.exceptions import ClientError
 
     try:
         return dict(client.head_object(Bucket=bucket, Key=key))
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+        if s3_error_code(exc) in _MISSING:
             return None
         raise
 
@@ -415,7 +419,7 @@ def _read_json(client: Any, bucket: str, key: str) -> dict[str, Any] | None:
     try:
         body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+        if s3_error_code(exc) in _MISSING:
             return None
         raise
     try:

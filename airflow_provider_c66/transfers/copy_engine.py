@@ -48,6 +48,7 @@ __all__ = [
     "abort_stale_uploads",
     "choose_part_size",
     "copy_to_s3",
+    "s3_error_code",
 ]
 
 logger = logging.getLogger(__name__)
@@ -762,7 +763,7 @@ class _ArchiveCopy:
             self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=upload_id)
             self.log.info("Aborted the multipart upload of %s", self.target)
         except Exception as exc:
-            if _error_code(exc) == "NoSuchUpload":  # already aborted, e.g. by a concurrent copy that won
+            if s3_error_code(exc) == "NoSuchUpload":  # already aborted, e.g. by a concurrent copy that won
                 self.log.info("The multipart upload of %s was already gone", self.target)
                 return
             self.log.error(
@@ -780,7 +781,7 @@ class _ArchiveCopy:
             raise CopyError(f"{self.target}: S3 {operation} failed: {exc}") from exc
 
 
-def _error_code(exc: BaseException) -> str | None:
+def s3_error_code(exc: BaseException) -> str | None:
     """The S3 error code of a botocore ClientError, without importing botocore."""
     response = getattr(exc, "response", None)
     error = response.get("Error") if isinstance(response, dict) else None
