@@ -77,7 +77,9 @@ def run_outputs(dagrun: Any) -> dict[str, str]:
             dag_id=dagrun.dag_id, run_id=dagrun.run_id
         )
         for rendered in fields:
-            outputs[f"rendered {rendered.task_id}"] = json.dumps(rendered.rendered_fields, default=str)
+            outputs[f"rendered {rendered.task_id}[{rendered.map_index}]"] = json.dumps(
+                rendered.rendered_fields, default=str
+            )
     return outputs
 
 
@@ -107,7 +109,8 @@ def fail_once(operation: str, on_call: int) -> Callable[..., None]:
 @pytest.mark.reliability(
     area="secrets",
     fault="the API token and every URL signature, through DAG runs with faults and retries: sensor → "
-    "transfer, create and import operators, the S3 import (logs, exception texts, XCom, rendered fields)",
+    "transfer, create and import operators (an expanded import too), the S3 import (logs, exception texts, "
+    "XCom, rendered fields)",
     outcome="no secret in any output",
 )
 def test_dag_runs_with_faults_and_retries_leak_no_secret(
@@ -141,6 +144,12 @@ def test_dag_runs_with_faults_and_retries_leak_no_secret(
     presigned = s3_client.generate_presigned_url(
         "get_object", Params={"Bucket": s3_bucket, "Key": "restore/app_db.tar"}, ExpiresIn=3600
     )
+    presigned_many = [  # for an expanded (mapped) import, whose fields Airflow renders on its own path
+        s3_client.generate_presigned_url(
+            "get_object", Params={"Bucket": s3_bucket, "Key": "restore/app_db.tar"}, ExpiresIn=seconds
+        )
+        for seconds in (1800, 2400)
+    ]
 
     # Faults. The API: a 503 burst and a reset on reads, a 429, a 500 on a URL fetch, a 500 on the
     # first POST (not repeated by the hook: the task's retry POSTs again).
@@ -225,7 +234,11 @@ def test_dag_runs_with_faults_and_retries_leak_no_secret(
             db_type="mysql",
             remote_url="{{ params.remote_url }}",
         )
-        create >> restore >> imported
+        imported_many = record(Cloud66ImportBackupOperator).partial(
+            task_id="import_many", stack_id="stack-1", group=1, db_type="mysql"
+        )
+        mapped = imported_many.expand(remote_url=presigned_many)
+        create >> restore >> imported >> mapped
 
     archive_run = run_dag(archive_dag, logical_date=NOW - timedelta(hours=1))
     post_run = run_dag(post_dag, logical_date=NOW - timedelta(hours=1))
@@ -241,7 +254,7 @@ def test_dag_runs_with_faults_and_retries_leak_no_secret(
         emu.iter_archive("stack-1", good)
     )
     posted = [r.json["remote_url"] for r in emu.requests if r.method == "POST" and r.json.get("remote_url")]
-    assert len(posted) == 2
+    assert len(posted) == 4
 
     # Everything that came out.
     out, err = capfd.readouterr()
@@ -263,10 +276,9 @@ def test_dag_runs_with_faults_and_retries_leak_no_secret(
         "Importing http://127.0.0.1",
     ):
         assert expected in everything, expected
-    assert any(k.startswith("xcom archive") for k in texts) and any(
-        k.startswith("rendered import") for k in texts
-    )
+    assert any(k.startswith("xcom archive") for k in texts)
+    assert {"rendered import[-1]", "rendered import_many[0]", "rendered import_many[1]"} <= set(texts)
 
-    secrets = {TOKEN} | signatures([*issued, *posted, presigned])
+    secrets = {TOKEN} | signatures([*issued, *posted, presigned, *presigned_many])
     assert len(issued) >= 4
     assert_no_secret(secrets, texts)

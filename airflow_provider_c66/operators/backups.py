@@ -340,10 +340,16 @@ class Cloud66ImportBackupOperator(_BackupPostOperator):
         self.remote_url = remote_url
         self._body: dict[str, Any] = {}
 
-    def render_template_fields(self, context: Context, jinja_env: Any = None) -> None:
-        super().render_template_fields(context, jinja_env)
-        # A signed URL's query is a credential: mask it before Airflow stores the rendered fields.
-        if isinstance(self.remote_url, str):
+    def _do_render_template_fields(
+        self, parent: Any, template_fields: Any, context: Context, jinja_env: Any, seen_oids: set[int]
+    ) -> None:
+        """Mask a signed URL's query (a credential) before Airflow stores the rendered fields.
+
+        Both ways Airflow renders fields pass here: ``render_template_fields`` of a plain task, and
+        the expanded (mapped) task's, which renders onto the unmapped task without calling that method.
+        """
+        super()._do_render_template_fields(parent, template_fields, context, jinja_env, seen_oids)
+        if parent is self and isinstance(self.remote_url, str):
             query = urlsplit(self.remote_url.strip()).query
             mask_credential(query)
             _mask_for_rendered_fields(query)
