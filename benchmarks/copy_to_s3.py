@@ -32,7 +32,7 @@ from typing import Any
 # Measure the working tree's code, however (or whether) the package is installed in this interpreter.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-MiB = 1 << 20
+MiB, GiB = 1 << 20, 1 << 30
 STACK = "bench-stack"
 BUCKET = "c66-bench"
 KEY_ID, SECRET = "bench", "bench-secret-key"  # credentials of the local throwaway S3 server only
@@ -104,6 +104,7 @@ def run_operator(spec: dict[str, Any]) -> tuple[list[str], Callable[[], None] | 
         cloud66_conn_id=spec["conn"],
         aws_conn_id="aws_bench",
         max_concurrency=spec.get("concurrency", CONCURRENCY),
+        part_size=spec.get("part_size", PART_SIZE),
         asset_alias=None,
     )
     return [uri.split("/", 3)[3] for uri in op.execute({})], None
@@ -350,6 +351,7 @@ class Bench:
             b - a for a, b in zip(servers, self.server_cpu(), strict=True)
         )
         result.update(name=name, size=size, mib_s=size / MiB / result["seconds"])
+        result["concurrency"] = spec.get("concurrency", CONCURRENCY)
         if expected_sha is not None:
             result["verified"] = self.verify(result["keys"], expected_sha)
         print(f" {time.monotonic() - began:.0f} s", file=sys.stderr, flush=True)
@@ -392,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         args.size_mib, args.big_size_mib, args.capped_size_mib, args.split_mib = 64, 128, 32, 16
         args.repeat = 1
     size, big, capped_size = args.size_mib * MiB, args.big_size_mib * MiB, args.capped_size_mib * MiB
+    sweep_size = max(args.capped_size_mib, 128) * MiB  # 16 parts or more: every setting's steady state
     split = args.split_mib * MiB
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks on kill too
 
@@ -472,6 +475,23 @@ def main(argv: list[str] | None = None) -> int:
             "capped-1-conn", "operator", capped_size, capped_sha, concurrency=1, **capped
         )
         r["capped_n"] = bench.run("capped-4-conn", "operator", capped_size, capped_sha, **capped)
+        # Where the peak RSS goes: the same copy with 1, 2, 4 and 8 parts in flight, and with S3's
+        # smallest part size. Its slope is the cost of one part in flight; what is left is fixed.
+        sweep_id = emu.add_backup(STACK, size=sweep_size, seed=5)
+        sweep_sha, sweep = (
+            emu.archive_sha256(STACK, sweep_id),
+            {"conn": "cloud66_bench", "backup_id": sweep_id},
+        )
+        for parts, part_mib in [(1, 8), (2, 8), (4, 8), (8, 8), (4, 5)]:
+            r[f"rss_{parts}x{part_mib}"] = bench.run(
+                f"rss {parts} x {part_mib} MiB",
+                "operator",
+                sweep_size,
+                sweep_sha,
+                concurrency=parts,
+                part_size=part_mib * MiB,
+                **sweep,
+            )
     report(r, args, load_before)
     return 0
 
@@ -526,6 +546,27 @@ def report(r: dict[str, Result], args: argparse.Namespace, load_before: tuple[fl
     speedup = one["seconds"] / many["seconds"]
     text = f"operator speed-up 1 -> {CONCURRENCY} conns, {args.cap_mib_s:g} MiB/s each"
     goals.append((text, speedup, ">= 3", speedup >= 3))
+    print("\nwhere the S3 server's time goes (CPU-seconds per GiB received)")
+    for res in (up, op):
+        print(f"  {res['name']:<50}{res['s3_cpu'] / (res['size'] / GiB):8.2f}")
+    sweep = [res for name, res in r.items() if name.startswith("rss_")]
+    if sweep:
+        print("\npeak RSS by parts in flight (MiB; the operator's defaults are 4 x 8 MiB)")
+        print(f"  {'setting':<22}{'peak':>6}{'imports':>9}{'copy':>6}")
+        for res in sweep:
+            rss, imports = res["peak_rss"] / MiB, res["import_rss"] / MiB
+            print(f"  {res['name'][4:]:<22}{rss:>6.0f}{imports:>9.0f}{rss - imports:>6.0f}")
+        points = [  # (parts in flight, MiB above the imports), 8 MiB parts; fitted by least squares
+            (res["concurrency"], (res["peak_rss"] - res["import_rss"]) / MiB)
+            for res in sweep
+            if res["name"].endswith("x 8 MiB")
+        ]
+        mean_x, mean_y = (sum(p[i] for p in points) / len(points) for i in (0, 1))
+        slope = sum((x - mean_x) * (y - mean_y) for x, y in points) / sum(
+            (x - mean_x) ** 2 for x, _ in points
+        )
+        fixed = mean_y - slope * mean_x
+        print(f"  each 8 MiB part in flight adds {slope:.1f} MiB; the copy's fixed cost is {fixed:.0f} MiB")
     verified = all(res.get("verified", True) for res in r.values())
     print("\ngoals")
     for text, value, goal, ok in goals:
