@@ -8,7 +8,7 @@ before: the newest backup (date and id) per database type, or a date, or a backu
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal, Protocol
@@ -20,6 +20,9 @@ from airflow_provider_c66.models import Backup, format_datetime, parse_datetime
 
 ANY_TYPE = "*"
 """The key of a watermark that any database type may pass."""
+
+POLL_PAGES = 5
+"""Most list pages one poll reads (30 backups each); more than page 1 only when :meth:`BackupWait.wants_older`."""
 
 DEFAULT_POLL_INTERVAL = 150.0
 """Seconds between two list requests of one wait.
@@ -58,6 +61,16 @@ class Watermark:
                 return backup.id > self.after_id
             line = reference.backup_date
         return line is None or backup.backup_date > line
+
+    def may_admit_older(self, oldest: Backup, page: Sequence[Backup]) -> bool:
+        """Whether a backup older than ``oldest`` (the oldest on ``page``) could still pass."""
+        line = self.newer_than
+        if line is None and self.after_id is not None:
+            reference = next((b for b in page if b.id == self.after_id), None)
+            if reference is None:
+                return oldest.id > self.after_id
+            line = reference.backup_date
+        return line is None or oldest.backup_date > line
 
     def describe(self) -> str:
         parts = [f"dated after {format_datetime(self.newer_than)}"] if self.newer_than else []
@@ -139,7 +152,12 @@ class BackupWait:
     @property
     def query(self) -> dict[str, Any]:
         """Keyword arguments for ``Cloud66Hook.latest_backups``/``alatest_backups``."""
-        return {"db_type": self.db_type, "group": self.group}
+        return {
+            "db_type": self.db_type,
+            "group": self.group,
+            "read_on": self.wants_older,
+            "max_pages": POLL_PAGES,
+        }
 
     def _wanted(self, backup: Backup) -> bool:
         return (
@@ -150,19 +168,38 @@ class BackupWait:
             and self.database_name in (None, backup.database_name)
         )
 
-    def evaluate(self, backups: Sequence[Backup]) -> Verdict:
-        """Judge one polled page: a failure anywhere ends the wait, else it succeeds once all marks pass."""
-        page = sorted(backups, key=_key, reverse=True)
+    def _found(self, page: Sequence[Backup]) -> list[tuple[Watermark, Backup | None]]:
+        """Per watermark, the newest wanted backup on ``page`` (newest first) that passes it."""
         candidates = [b for b in page if self._wanted(b)]
-        found = [
-            next((b for b in candidates if db_type in (ANY_TYPE, b.db_type) and mark.admits(b, page)), None)
-            for db_type, mark in self.marks.items()
+        return [
+            (
+                mark,
+                next((b for b in candidates if key in (ANY_TYPE, b.db_type) and mark.admits(b, page)), None),
+            )
+            for key, mark in self.marks.items()
         ]
+
+    def evaluate(self, backups: Sequence[Backup]) -> Verdict:
+        """Judge the polled backups: a failure anywhere ends the wait, else it succeeds once all marks pass."""
+        found = [backup for _, backup in self._found(sorted(backups, key=_key, reverse=True))]
         newest = [b for b in found if b is not None]
         failed = tuple(b for b in newest if b.failed)
         if failed:
             return Verdict("failed", failed)
         return Verdict("success" if len(newest) == len(found) else "waiting", tuple(newest))
+
+    def wants_older(self, backups: Sequence[Backup]) -> bool:
+        """Whether the next (older) page of the list could change the verdict on ``backups``.
+
+        A poll reads page 1 only, unless the whole page is newer than a watermark still unmet: then a
+        backup that passes it may have been pushed onto a later page by newer ones (of other types,
+        other databases or other groups), and the poll reads on, up to ``POLL_PAGES`` pages.
+        """
+        page = sorted(backups, key=_key, reverse=True)
+        found = self._found(page)
+        if not page or any(b is not None and b.failed for _, b in found):
+            return False
+        return any(b is None and mark.may_admit_older(page[-1], page) for mark, b in found)
 
     def describe(self) -> str:
         """For log lines and errors: the stack, its filters and the watermarks."""
@@ -235,12 +272,18 @@ def is_transient(exc: BaseException) -> bool:
 
 class _ListsBackups(Protocol):
     def latest_backups(
-        self, stack_id: str, *, db_type: str | None = None, group: int | str | None = None
+        self,
+        stack_id: str,
+        *,
+        db_type: str | None = None,
+        group: int | str | None = None,
+        read_on: Callable[[list[Backup]], bool] | None = None,
+        max_pages: int = 1,
     ) -> list[Backup]: ...
 
 
 def poll(hook: _ListsBackups, wait: BackupWait, log: Any) -> Verdict | None:
-    """The sync twin of the trigger's poll: one list request, judged; None after a transient fault."""
+    """The sync twin of the trigger's poll: one list request (rarely more), judged; None after a transient fault."""
     try:
         backups = hook.latest_backups(wait.stack_id, **wait.query)
     except Cloud66ApiError as exc:

@@ -16,7 +16,7 @@ from airflow.sdk import DAG
 from airflow_provider_c66.exceptions import Cloud66InputError
 from airflow_provider_c66.models import Backup
 from airflow_provider_c66.sensors.backups import Cloud66BackupSensor
-from airflow_provider_c66.watermark import ANY_TYPE, Watermark
+from airflow_provider_c66.watermark import ANY_TYPE, BackupWait, Watermark
 
 LIST_PATH = "/api/3/stacks/stack-1/backups.json"
 MODES = ["poke", "reschedule", "deferrable"]
@@ -226,6 +226,71 @@ def test_timeout_says_what_was_awaited(cloud66_emulator, run_dag, mode):
     assert "Timed out after" in message and "stack 'stack-1' (db_type='mysql')" in message
     assert f"dated after {RUN.isoformat().replace('+00:00', 'Z')}" in message
     assert 2 <= len(list_gets(emu)) <= 7
+
+
+@pytest.mark.parametrize("mode", ["poke", "deferrable"])
+def test_a_new_backup_pushed_off_page_1_is_found(cloud66_emulator, run_dag, mode):
+    """35 newer backups of another database fill page 1; the awaited one is on page 2."""
+    emu = cloud66_emulator
+    ledger: list[int] = []
+
+    def arrive() -> None:
+        ledger.append(emu.add_backup("stack-1", database_name="ledger", backup_date=NOW))
+        for minute in range(1, 36):
+            emu.add_backup("stack-1", backup_date=NOW + timedelta(minutes=minute))
+
+    when_requests(emu, 1, arrive)  # after the first look (the task's own check, when deferrable)
+    dagrun = run_sensor(
+        run_dag, f"sensor_page_2_{mode}", database_name="ledger", poke_interval=0.2, **mode_args(mode)
+    )
+    assert dagrun.state == "success"
+    assert xcom_value(dagrun, "wait") == record(emu, ledger[0])
+    assert [r.query["page"] for r in list_gets(emu)] == ["1", "1", "2"]
+
+
+def wait_for(marks: dict[str, Watermark], **filters: Any) -> BackupWait:
+    return BackupWait("stack-1", marks, **filters)
+
+
+def listed(*rows: tuple[int, str, datetime], status: int = 0) -> list[Backup]:
+    """Backups (id, database, date) of mysql, group 1, in the API's shape."""
+    return [
+        Backup.from_api(
+            {
+                "id": ident,
+                "db_type": "mysql",
+                "database_name": name,
+                "group": 1,
+                "backup_date_iso": when.isoformat(),
+                "backup_status": status,
+                "backup_result": "",
+                "file_base": name,
+            }
+        )
+        for ident, name, when in rows
+    ]
+
+
+def test_wants_older_only_while_an_unmet_watermark_may_be_further_back():
+    t = RUN
+    page = listed((9, "app_db", t + timedelta(minutes=2)), (8, "app_db", t + timedelta(minutes=1)))
+    ledger = {"database_name": "ledger"}
+    # The whole page is newer than the line, and nothing on it passes: an older page may hold it.
+    assert wait_for({ANY_TYPE: Watermark(t)}, **ledger).wants_older(page)
+    # The page reaches back past the line: nothing older can pass.
+    assert not wait_for({ANY_TYPE: Watermark(t + timedelta(minutes=1))}, **ledger).wants_older(page)
+    # Already found on this page.
+    assert not wait_for({ANY_TYPE: Watermark(t)}).wants_older(page)
+    # after_id only: the reference is on the page (its date is the line) or not (ids decide).
+    assert not wait_for({ANY_TYPE: Watermark(after_id=8)}, **ledger).wants_older(page)
+    assert wait_for({ANY_TYPE: Watermark(after_id=5)}, **ledger).wants_older(page)
+    # A failure decides at once; an empty page has nothing older.
+    failed = listed((9, "ledger", t + timedelta(minutes=2)), status=1)
+    assert not wait_for({ANY_TYPE: Watermark(t)}, **ledger).wants_older(failed)
+    assert not wait_for({ANY_TYPE: Watermark(t)}, **ledger).wants_older([])
+    # Several types: one met, one not and possibly further back.
+    marks = {"mysql": Watermark(t), "redis": Watermark(t)}
+    assert wait_for(marks).wants_older(page)
 
 
 def test_templated_after_backup_id(cloud66_emulator, run_dag):

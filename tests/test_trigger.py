@@ -328,3 +328,59 @@ def test_a_deferred_wait_polls_first_one_interval_after_the_task_did(cloud66_emu
     assert [e["status"] for e in events(trigger)] == ["success"]
     (first,) = gets(emu)
     assert first.time >= trigger.first_poll_at - 0.05, "no poll before first_poll_at"
+
+
+# --- more than one page: a new backup pushed off page 1 by newer ones --------------------------------
+def crowd(emu: Any, count: int, start: datetime) -> None:
+    """``count`` backups of another database, each a minute newer than the last."""
+    for minute in range(count):
+        emu.add_backup("stack-1", database_name="app_db", backup_date=start + timedelta(minutes=minute))
+
+
+def pages(emu: Any) -> list[int]:
+    return [int(r.query["page"]) for r in gets(emu)]
+
+
+def test_a_new_backup_pushed_off_page_1_is_found_on_page_2(cloud66_emulator):
+    emu = cloud66_emulator
+    emu.add_backup("stack-1", database_name="ledger", backup_date=T0)  # before the watermark
+    ledger = emu.add_backup("stack-1", database_name="ledger", backup_date=T0 + timedelta(hours=2))
+    crowd(emu, 35, T0 + timedelta(hours=3))  # all newer than the ledger's: page 1 holds none of it
+    marks = {"*": {"newer_than": "2026-01-01T01:00:00Z", "after_id": None}}
+    (event,) = events(make_trigger(marks=marks, database_name="ledger"))
+    assert event["status"] == "success"
+    assert event["backup"] == record(emu, ledger)
+    assert pages(emu) == [1, 2]
+
+
+def test_page_1_reaching_below_the_watermark_is_the_only_page_read(cloud66_emulator):
+    emu = cloud66_emulator
+    crowd(emu, 35, T0)  # page 1: the newest 30, the oldest of them before the watermark
+    marks = {"*": {"newer_than": "2026-01-01T00:10:00Z", "after_id": None}}
+    (event,) = events(make_trigger(marks=marks, database_name="ledger", timeout=0.5))
+    assert event["status"] == "timeout"
+    assert set(pages(emu)) == {1} and len(pages(emu)) >= 2  # several polls, one page each
+
+
+def test_one_poll_reads_at_most_poll_pages_pages(cloud66_emulator):
+    from airflow_provider_c66.watermark import POLL_PAGES
+
+    emu = cloud66_emulator
+    emu.add_backup("stack-1", database_name="ledger", backup_date=T0 + timedelta(hours=1))
+    crowd(emu, 30 * POLL_PAGES + 1, T0 + timedelta(hours=2))  # the ledger's backup is on page 6
+    marks = {"*": {"newer_than": "2026-01-01T00:30:00Z", "after_id": None}}
+    (event,) = events(make_trigger(marks=marks, database_name="ledger", timeout=0.3))
+    assert event["status"] == "timeout"
+    assert pages(emu)[:POLL_PAGES] == list(range(1, POLL_PAGES + 1)) and max(pages(emu)) == POLL_PAGES
+
+
+def test_a_failed_backup_on_page_2_fails_the_wait(cloud66_emulator):
+    emu = cloud66_emulator
+    failed = emu.add_backup(
+        "stack-1", database_name="ledger", backup_date=T0 + timedelta(hours=2), status=1, result="disk full"
+    )
+    crowd(emu, 31, T0 + timedelta(hours=3))
+    marks = {"*": {"newer_than": "2026-01-01T01:00:00Z", "after_id": None}}
+    (event,) = events(make_trigger(marks=marks, database_name="ledger"))
+    assert event["status"] == "failed" and event["backup"] == record(emu, failed)
+    assert "disk full" in event["message"] and pages(emu) == [1, 2]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -212,11 +212,26 @@ class Cloud66Hook(BaseHook):  # type: ignore[misc]
         return self.newest_first(records)
 
     def latest_backups(
-        self, stack_id: str, *, db_type: str | None = None, group: int | str | None = None
+        self,
+        stack_id: str,
+        *,
+        db_type: str | None = None,
+        group: int | str | None = None,
+        read_on: Callable[[list[Backup]], bool] | None = None,
+        max_pages: int = 1,
     ) -> list[Backup]:
-        """The first page only, newest first: one request, for polling within the rate budget."""
-        page = self._request(self.backups_request(stack_id, db_type=db_type, group=group).with_page(1))
-        return self.newest_first(parse_records(Backup.from_api, page.response, "backup"))
+        """The newest backups, newest first: page 1 only (one request, for polling within the rate
+        budget), then further pages while ``read_on(backups so far)`` asks for older ones, up to
+        ``max_pages`` in all.
+        """
+        request = self.backups_request(stack_id, db_type=db_type, group=group)
+        records: list[Backup] = []
+        for number in range(1, max(1, max_pages) + 1):
+            page = self._request(request.with_page(number))
+            records += parse_records(Backup.from_api, page.response, "backup")
+            if not _read_on(page, records, read_on):
+                break
+        return self.newest_first(records)
 
     async def alatest_backups(
         self,
@@ -225,12 +240,19 @@ class Cloud66Hook(BaseHook):  # type: ignore[misc]
         *,
         db_type: str | None = None,
         group: int | str | None = None,
+        read_on: Callable[[list[Backup]], bool] | None = None,
+        max_pages: int = 1,
     ) -> list[Backup]:
         """Async :meth:`latest_backups` for triggers."""
         await self.aload_settings()
-        request = self.backups_request(stack_id, db_type=db_type, group=group).with_page(1)
-        page = await self._arequest(request, session)
-        return self.newest_first(parse_records(Backup.from_api, page.response, "backup"))
+        request = self.backups_request(stack_id, db_type=db_type, group=group)
+        records: list[Backup] = []
+        for number in range(1, max(1, max_pages) + 1):
+            page = await self._arequest(request.with_page(number), session)
+            records += parse_records(Backup.from_api, page.response, "backup")
+            if not _read_on(page, records, read_on):
+                break
+        return self.newest_first(records)
 
     def get_backup(self, stack_id: str, backup_id: int | str) -> Backup:
         """One backup by id."""
@@ -405,6 +427,11 @@ class Cloud66Hook(BaseHook):  # type: ignore[misc]
             True,
             f"Connected to Cloud 66 at {base_url}; the token sees {count} stack(s) on the first page.",
         )
+
+
+def _read_on(page: api.Page, records: list[Backup], read_on: Callable[[list[Backup]], bool] | None) -> bool:
+    """Whether a polling list read goes on to the next page (the same rule for the sync and async paths)."""
+    return bool(page.has_next and page.response and read_on is not None and read_on(records))
 
 
 def _maybe_sent(exc: BaseException) -> bool:

@@ -30,7 +30,7 @@ class Cloud66BackupSensor(BaseSensorOperator):  # type: ignore[misc]
 
     The XCom value is the newest matching backup's ``Backup.to_dict()`` (the API's own record
     shape), so a downstream transfer takes its ``id``. Each poke sends one list request (the first
-    page, newest first). Poke, reschedule and deferrable modes are supported; deferrable checks
+    page, newest first; more pages only when all of it is newer than the watermark, up to 5). Poke, reschedule and deferrable modes are supported; deferrable checks
     once first and returns at once when the backup is already there.
 
     The default ``poke_interval`` of 150 s keeps 100 concurrent waits at 2,400 requests an hour,

@@ -26,7 +26,8 @@ FIRST_POLL_DELAY = 15.0
 class Cloud66BackupTrigger(BaseTrigger):  # type: ignore[misc]
     """Poll a stack's backups list from the triggerer until a wait is over.
 
-    Every poll is one list request (first page, newest first) sent with ``aiohttp``; the connection
+    Every poll is one list request sent with ``aiohttp`` (the first page, newest first; more pages
+    only as :meth:`~airflow_provider_c66.watermark.BackupWait.wants_older` says); the connection
     is looked up the async way. Request building, retries, error mapping and record parsing are the
     hook's, shared with the sync path. A transient fault (5xx, throttling, a dropped connection)
     that outlasts the hook's retries is logged and the next poll tries again: it never ends the
@@ -144,7 +145,7 @@ class Cloud66BackupTrigger(BaseTrigger):  # type: ignore[misc]
             yield TriggerEvent(BackupEvent("error", message).payload())
 
     async def _poll(self, hook: Cloud66Hook, session: Any) -> Verdict | None:
-        """One list request judged; None after a transient fault (the next poll tries again)."""
+        """One list read judged; None after a transient fault (the next poll tries again)."""
         try:
             backups = await hook.alatest_backups(session, self.wait.stack_id, **self.wait.query)
         except Cloud66ApiError as exc:
