@@ -8,15 +8,18 @@ before: the newest backup (date and id) per database type, or a date, or a backu
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal
 
 from airflow_provider_c66 import validation
 from airflow_provider_c66.api import RetryPolicy
 from airflow_provider_c66.exceptions import Cloud66ApiError, Cloud66InputError, Cloud66ResponseError
 from airflow_provider_c66.models import Backup, format_datetime, parse_datetime
+
+if TYPE_CHECKING:
+    from airflow_provider_c66.hooks.cloud66 import Cloud66Hook
 
 ANY_TYPE = "*"
 """The key of a watermark that any database type may pass."""
@@ -270,19 +273,7 @@ def is_transient(exc: BaseException) -> bool:
     return status is None or status in (408, 429) or (status >= 500 and exc.error_id != "not_implemented")
 
 
-class _ListsBackups(Protocol):
-    def latest_backups(
-        self,
-        stack_id: str,
-        *,
-        db_type: str | None = None,
-        group: int | str | None = None,
-        read_on: Callable[[list[Backup]], bool] | None = None,
-        max_pages: int = 1,
-    ) -> list[Backup]: ...
-
-
-def poll(hook: _ListsBackups, wait: BackupWait, log: Any) -> Verdict | None:
+def poll(hook: Cloud66Hook, wait: BackupWait, log: Any) -> Verdict | None:
     """The sync twin of the trigger's poll: one list request (rarely more), judged; None after a transient fault."""
     try:
         backups = hook.latest_backups(wait.stack_id, **wait.query)
