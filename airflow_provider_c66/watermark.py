@@ -65,16 +65,6 @@ class Watermark:
             line = reference.backup_date
         return line is None or backup.backup_date > line
 
-    def may_admit_older(self, oldest: Backup, page: Sequence[Backup]) -> bool:
-        """Whether a backup older than ``oldest`` (the oldest on ``page``) could still pass."""
-        line = self.newer_than
-        if line is None and self.after_id is not None:
-            reference = next((b for b in page if b.id == self.after_id), None)
-            if reference is None:
-                return oldest.id > self.after_id
-            line = reference.backup_date
-        return line is None or oldest.backup_date > line
-
     def describe(self) -> str:
         parts = [f"dated after {format_datetime(self.newer_than)}"] if self.newer_than else []
         if self.after_id is not None:
@@ -202,7 +192,8 @@ class BackupWait:
         found = self._found(page)
         if not page or any(b is not None and b.failed for _, b in found):
             return False
-        return any(b is None and mark.may_admit_older(page[-1], page) for mark, b in found)
+        # Pages run newest first: an older page can hold a backup that passes only if the oldest here does.
+        return any(b is None and mark.admits(page[-1], page) for mark, b in found)
 
     def describe(self) -> str:
         """For log lines and errors: the stack, its filters and the watermarks."""
