@@ -155,8 +155,11 @@ class S3Calls:
         return [op for op, _, _ in self.sent]
 
 
-def fail_operation(client: Any, operation: str, on_call: int) -> None:
-    """Make the ``on_call``-th call of an S3 operation fail as S3 would (an InternalError)."""
+def failing_on_call(operation: str, on_call: int) -> Callable[..., None]:
+    """A botocore ``before-call`` handler failing its ``on_call``-th call as S3 would (an InternalError).
+
+    One handler counts across every client it is registered on.
+    """
     calls = [0]
 
     def handler(**_: Any) -> None:
@@ -165,7 +168,12 @@ def fail_operation(client: Any, operation: str, on_call: int) -> None:
             error = {"Error": {"Code": "InternalError", "Message": "injected failure"}}
             raise ClientError(error, operation)  # type: ignore[arg-type]
 
-    client.meta.events.register(f"before-call.s3.{operation}", handler)
+    return handler
+
+
+def fail_operation(client: Any, operation: str, on_call: int) -> None:
+    """Make the ``on_call``-th call of an S3 operation on ``client`` fail as S3 would."""
+    client.meta.events.register(f"before-call.s3.{operation}", failing_on_call(operation, on_call))
 
 
 class BufferHooks:

@@ -9,14 +9,13 @@ import json
 import logging
 import os
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
-from botocore.exceptions import ClientError
 
 from airflow_provider_c66.operators.backups import Cloud66CreateBackupOperator, Cloud66ImportBackupOperator
 from airflow_provider_c66.sensors.backups import Cloud66BackupSensor
@@ -24,6 +23,7 @@ from airflow_provider_c66.testing.emulator import Cloud66Emulator
 from airflow_provider_c66.transfers import copy_engine
 from airflow_provider_c66.transfers.backup_to_s3 import Cloud66BackupToS3Operator
 from airflow_provider_c66.transfers.s3_to_cloud66 import S3ToCloud66ImportOperator
+from tests.test_copy_engine import failing_on_call
 from tests.test_sensor import Failures
 
 MiB = 1 << 20
@@ -92,18 +92,6 @@ def assert_no_secret(secrets: set[str], texts: dict[str, str]) -> None:
         if secret in text
     ]
     assert leaks == []
-
-
-def fail_once(operation: str, on_call: int) -> Callable[..., None]:
-    calls = [0]
-
-    def handler(**_: Any) -> None:
-        calls[0] += 1
-        if calls[0] == on_call:
-            error = {"Error": {"Code": "InternalError", "Message": "injected failure"}}
-            raise ClientError(error, operation)  # type: ignore[arg-type]
-
-    return handler
 
 
 @pytest.mark.reliability(
@@ -175,7 +163,7 @@ def test_dag_runs_with_faults_and_retries_leak_no_secret(
     monkeypatch.setattr(copy_engine, "_PartBuffers", Faulty)
     # The upload: the first try's second UploadPart fails (the try fails, the retry completes).
     original_client = Cloud66BackupToS3Operator._s3_client
-    upload_part_fault = fail_once("UploadPart", on_call=2)
+    upload_part_fault = failing_on_call("UploadPart", on_call=2)
 
     def client_with_fault(self: Any, max_concurrency: int) -> Any:
         client = original_client(self, max_concurrency)
