@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote
 
 from airflow_provider_c66 import __version__
 from airflow_provider_c66.exceptions import (
@@ -27,25 +27,13 @@ from airflow_provider_c66.exceptions import (
     Cloud66ResponseError,
 )
 
+# Re-exported: callers have always found them here.
+from airflow_provider_c66.redaction import redact_text as redact_text
+from airflow_provider_c66.redaction import redact_url as redact_url
+
 DEFAULT_BASE_URL = "https://app.cloud66.com/api/3"
 USER_AGENT = f"airflow-provider-c66/{__version__}"
 MAX_PAGES = 10_000
-
-# Query parameters of a signed URL that are credentials; everything else may be shown.
-_SECRET_PARAMS = re.compile(
-    r"(?i)\b(Signature|X-Amz-Signature|X-Amz-Credential|X-Amz-Security-Token|AWSAccessKeyId)=[^&\s'\"<>]+"
-)
-
-
-def redact_url(url: str) -> str:
-    """A URL fit for a log line: scheme, host and path; the query string (a credential) is dropped."""
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, "[redacted]" if parts.query else "", ""))
-
-
-def redact_text(text: str) -> str:
-    """Blank out signed-URL credentials wherever they appear in free text (exception messages)."""
-    return _SECRET_PARAMS.sub(lambda m: f"{m.group(1)}=[redacted]", text)
 
 
 def undo_percent_quirk(url: str) -> str:
@@ -176,12 +164,15 @@ def interpret(request: ApiRequest, status: int, headers: Mapping[str, str], body
     remaining = int(remaining_text) if remaining_text and remaining_text.strip().isdigit() else None
     if 200 <= status < 300:
         if not isinstance(payload, Mapping) or "response" not in payload:
-            malformed = Cloud66ResponseError(
-                f"{where}: the answer is not a Cloud 66 JSON envelope "
-                f"({_describe_error(payload, body, _header(headers, 'Content-Type'))[1]})",
-                **ctx,
-            )
-            return Outcome(error=malformed, retryable=True)
+            what = _describe_error(payload, body, _header(headers, "Content-Type"))[1]
+            message = f"{where}: the answer is not a Cloud 66 JSON envelope ({what})"
+            if not request.idempotent:
+                # A 2xx means something took the request; it may have been Cloud 66 after it acted.
+                message += (
+                    ". It was not sent again: Cloud 66 may have carried it out. Check the stack's "
+                    "backups (and its backup tasks) in Cloud 66 before running this task again"
+                )
+            return Outcome(error=Cloud66ResponseError(message, **ctx), retryable=request.idempotent)
         pagination = payload.get("pagination")
         has_next = isinstance(pagination, Mapping) and pagination.get("next") not in (None, "", False)
         return Outcome(page=Page(payload["response"], has_next, remaining))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from airflow_provider_c66.redaction import redact_text
+
 
 class Cloud66InputError(ValueError):
     """An argument was refused before any request was sent; the message names the argument."""
@@ -23,6 +25,9 @@ class Cloud66ApiError(Exception):
     :param description: the API's ``details`` or ``error_description``, if any.
     :param method: the HTTP method of the request.
     :param path: the API path of the request (never a signed URL's query string).
+
+    The message and description may quote Cloud 66's own words, which can echo a signed URL: both
+    pass through :func:`~airflow_provider_c66.redaction.redact_text` here, so no caller can forget it.
     """
 
     def __init__(
@@ -37,10 +42,10 @@ class Cloud66ApiError(Exception):
     ) -> None:
         self.status = status
         self.error_id = error_id
-        self.description = description
+        self.description = redact_text(description) if description is not None else None
         self.method = method
         self.path = path
-        super().__init__(message)
+        super().__init__(redact_text(message))
 
 
 class Cloud66AuthError(Cloud66ApiError):
@@ -60,6 +65,10 @@ class Cloud66RateLimitError(Cloud66ApiError):
     def __init__(self, message: str, *, reset_at: datetime | None = None, **kwargs: object) -> None:
         self.reset_at = reset_at
         super().__init__(message, **kwargs)  # type: ignore[arg-type]
+
+
+class Cloud66CancelledError(Cloud66ApiError):
+    """The call was given up because its task is being stopped (``on_kill``): no further attempt is made."""
 
 
 class Cloud66ResponseError(Cloud66ApiError):

@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 from airflow_provider_c66.exceptions import Cloud66ResponseError
+from airflow_provider_c66.redaction import redact_text
 
 DB_TYPES: tuple[str, ...] = ("mysql", "postgresql", "redis", "mongodb")
 
@@ -103,6 +104,11 @@ class _Record:
 
     def read_opt_str(self, name: str) -> str | None:
         return self._get(name, _to_str, False, None)
+
+    def read_text(self, name: str) -> str | None:
+        """Free text Cloud 66 writes (a result, a reason): it may echo a signed URL, so it is redacted."""
+        value = self.read_opt_str(name)
+        return None if value is None else redact_text(value)
 
     def read_datetime(self, name: str, *, required: bool = False) -> datetime | None:
         return self._get(name, parse_datetime, required, None)
@@ -218,16 +224,16 @@ class Backup:
             database_name=rec.read_str("database_name"),
             backup_date=backup_date,
             status=BackupStatus(rec.read_int("backup_status", required=True)),
-            result=rec.read_str("backup_result"),
+            result=rec.read_text("backup_result") or "",
             server_uid=rec.read_str("server_uid"),
             file_base=rec.read_str("file_base"),
             storage_path=rec.read_str("storage_path"),
             skip_tables=rec.read_str("skip_tables"),
             backup_size=rec.read_int("backup_size"),
             restore_status=RestoreStatus(rec.read_int("restore_status")),
-            restore_result=rec.read_opt_str("restore_result"),
+            restore_result=rec.read_text("restore_result"),
             verify_status=VerifyStatus(rec.read_int("verify_status")),
-            verify_result=rec.read_opt_str("verify_result"),
+            verify_result=rec.read_text("verify_result"),
             created_at=rec.read_datetime("created_at_iso"),
             updated_at=rec.read_datetime("updated_at_iso"),
             logical_backup=rec.read_opt_bool("logical_backup"),

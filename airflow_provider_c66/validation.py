@@ -46,6 +46,15 @@ def positive_int(value: object, field: str, maximum: int | None = None) -> int:
     return number
 
 
+def flag(value: object, field: str) -> bool:
+    """A boolean; templated fields render to ``"True"``/``"False"``, which are read as such."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise Cloud66InputError(field, f"must be true or false, got {value!r:.80}")
+
+
 def backup_id(value: object, field: str = "backup_id") -> int:
     return positive_int(value, field)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Literal
 
 from airflow_provider_c66 import validation
@@ -105,6 +105,26 @@ def _key(backup: Backup) -> tuple[datetime, int]:
     return (backup.backup_date, backup.id)
 
 
+def last_change(backup: Backup) -> datetime:
+    """When the record last changed as far as it says: ``updated_at``, else ``created_at``, else its date."""
+    return max(d for d in (backup.updated_at, backup.created_at, backup.backup_date) if d is not None)
+
+
+def watermark_query(db_types: Sequence[str]) -> dict[str, Any]:
+    """``latest_backups`` arguments for taking a watermark: as far as a poll reads, no further.
+
+    Page 1 (30 backups, newest first) holds the newest backup of every type it shows. Further pages
+    are read only while a requested type is still unseen (``all``: while pages are full), and never
+    more than :data:`POLL_PAGES`: a backup a poll could not see cannot matter to the watermark either.
+    """
+    wanted = set(db_types)
+
+    def read_on(backups: list[Backup]) -> bool:
+        return "all" in wanted or not wanted <= {b.db_type for b in backups}
+
+    return {"read_on": read_on, "max_pages": POLL_PAGES}
+
+
 @dataclass(frozen=True)
 class Verdict:
     """What one look at the backups list found.
@@ -133,6 +153,10 @@ class BackupWait:
     :param database_name: only backups of this database (the API has no such filter).
     :param fail_on_failed_backup: when the newest new backup failed, the verdict is ``failed``;
         when False, failed backups are passed over and the wait goes on.
+    :param settle_seconds: a successful backup counts only once its record has not changed for this
+        long (its ``updated_at``, else ``created_at``, else its date): Cloud 66 does not say whether
+        a backup's row can appear while its files are still being written. A failed backup ends the
+        wait at once whatever this says.
     """
 
     stack_id: str
@@ -141,6 +165,7 @@ class BackupWait:
     group: int | None = None
     database_name: str | None = None
     fail_on_failed_backup: bool = True
+    settle_seconds: float = 0.0
 
     @property
     def query(self) -> dict[str, Any]:
@@ -152,18 +177,29 @@ class BackupWait:
             "max_pages": POLL_PAGES,
         }
 
-    def _wanted(self, backup: Backup) -> bool:
+    def _wanted(self, backup: Backup, now: datetime) -> bool:
         return (
             backup.status.is_terminal
             and (self.fail_on_failed_backup or backup.succeeded)
             and self.db_type in (None, backup.db_type)
-            and self.group in (None, backup.group)
+            # The API filters on ``group`` itself and its records carry no group field: a record
+            # that names no group is the server's filtered answer, one that names another is not.
+            and (self.group is None or backup.group in (None, self.group))
             and self.database_name in (None, backup.database_name)
+            and (backup.failed or self.settled(backup, now))
         )
 
-    def _found(self, page: Sequence[Backup]) -> list[tuple[Watermark, Backup | None]]:
+    def settled(self, backup: Backup, now: datetime | None = None) -> bool:
+        """Whether ``backup``'s record is at least ``settle_seconds`` old (always, when that is 0)."""
+        if self.settle_seconds <= 0:
+            return True
+        now = now or datetime.now(timezone.utc)
+        return last_change(backup) + timedelta(seconds=self.settle_seconds) <= now
+
+    def _found(self, page: Sequence[Backup], now: datetime | None) -> list[tuple[Watermark, Backup | None]]:
         """Per watermark, the newest wanted backup on ``page`` (newest first) that passes it."""
-        candidates = [b for b in page if self._wanted(b)]
+        now = now or datetime.now(timezone.utc)
+        candidates = [b for b in page if self._wanted(b, now)]
         return [
             (
                 mark,
@@ -172,9 +208,9 @@ class BackupWait:
             for key, mark in self.marks.items()
         ]
 
-    def evaluate(self, backups: Sequence[Backup]) -> Verdict:
+    def evaluate(self, backups: Sequence[Backup], now: datetime | None = None) -> Verdict:
         """Judge the polled backups: a failure anywhere ends the wait, else it succeeds once all marks pass."""
-        found = [backup for _, backup in self._found(sorted(backups, key=_key, reverse=True))]
+        found = [backup for _, backup in self._found(sorted(backups, key=_key, reverse=True), now)]
         newest = [b for b in found if b is not None]
         failed = tuple(b for b in newest if b.failed)
         if failed:
@@ -189,7 +225,7 @@ class BackupWait:
         other databases or other groups), and the poll reads on, up to ``POLL_PAGES`` pages.
         """
         page = sorted(backups, key=_key, reverse=True)
-        found = self._found(page)
+        found = self._found(page, None)
         if not page or any(b is not None and b.failed for _, b in found):
             return False
         # Pages run newest first: an older page can hold a backup that passes only if the oldest here does.
@@ -206,7 +242,12 @@ class BackupWait:
         )
 
     def _filters(self) -> list[tuple[str, Any]]:
-        return [("db_type", self.db_type), ("group", self.group), ("database_name", self.database_name)]
+        return [
+            ("db_type", self.db_type),
+            ("group", self.group),
+            ("database_name", self.database_name),
+            ("settle_seconds", self.settle_seconds or None),
+        ]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -229,7 +270,10 @@ class BackupWait:
             database_name=_opt(
                 raw.get("database_name"), lambda v: validation.non_empty_str(v, "database_name")
             ),
-            fail_on_failed_backup=flag(raw.get("fail_on_failed_backup", True), "fail_on_failed_backup"),
+            fail_on_failed_backup=validation.flag(
+                raw.get("fail_on_failed_backup", True), "fail_on_failed_backup"
+            ),
+            settle_seconds=seconds(raw.get("settle_seconds") or 0, "settle_seconds", allow_zero=True),
         )
 
 
@@ -299,23 +343,16 @@ def newer_than_arg(value: object, field: str = "newer_than") -> datetime | None:
         ) from None
 
 
-def flag(value: object, field: str) -> bool:
-    """A boolean; templated fields render to ``"True"``/``"False"``, which are read as such."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
-        return value.strip().lower() == "true"
-    raise Cloud66InputError(field, f"must be true or false, got {value!r:.80}")
-
-
-def seconds(value: object, field: str) -> float:
-    """A positive number of seconds (a numeric string is accepted, as templates render strings)."""
+def seconds(value: object, field: str, *, allow_zero: bool = False) -> float:
+    """A positive (or with ``allow_zero``, non-negative) number of seconds; numeric strings are
+    accepted, as templates render strings."""
     try:
         number = (
             float(value) if isinstance(value, (int, float, str)) and not isinstance(value, bool) else None
         )
     except ValueError:
         number = None
-    if number is None or not 0 < number < float("inf"):
-        raise Cloud66InputError(field, f"must be a positive number of seconds, got {value!r:.80}")
+    if number is None or not (number >= 0 if allow_zero else number > 0) or number == float("inf"):
+        kind = "a non-negative" if allow_zero else "a positive"
+        raise Cloud66InputError(field, f"must be {kind} number of seconds, got {value!r:.80}")
     return number

@@ -38,6 +38,7 @@ AREAS = {
     "concurrency": "Concurrency and re-runs",
     "bad input": "Hostile and bad input",
     "secrets": "Secrets",
+    "source": "The backup itself (still being written, or not what its record says)",
 }
 OUTCOMES = (
     "retried and succeeded",
@@ -50,6 +51,9 @@ OUTCOMES = (
     "refused before any request",
     "kept under the prefix",
     "no secret in any output",
+    "not repeated; clear error",
+    "accepted after checking the object",
+    "retryable error, nothing completed",
 )
 
 

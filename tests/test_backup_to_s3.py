@@ -96,13 +96,25 @@ def test_not_joined_writes_one_object_per_file(emu, s3_client, s3_bucket, aws_co
     assert [o["key"] for o in manifest["objects"]] == [f"lake/{bid}/{n}" for n in names]
 
 
-def test_small_and_empty_backups(emu, s3_client, s3_bucket, aws_connection):
+@pytest.mark.reliability(
+    area="source",
+    fault="a backup whose files hold no bytes, or that lists no files",
+    outcome="retryable error, nothing completed",
+)
+def test_small_backups_and_never_an_empty_archive(emu, s3_client, s3_bucket, aws_connection):
+    from airflow.providers.common.compat.sdk import AirflowException
+
     small = emu.add_backup("stack-1", size=1000, backup_date=DATE)
     empty = emu.add_backup("stack-1", size=0, backup_date=DATE)
+    no_files = emu.add_backup("stack-1", size=1000, backup_date=DATE, has_files=False)
     (uri,) = make_op(s3_bucket, small, s3_key_prefix="s/{backup_id}/").execute({})
     assert read(s3_client, s3_bucket, uri.split("/", 3)[3]) == emu.file_bytes("stack-1", small, "tar")
-    (uri,) = make_op(s3_bucket, empty, s3_key_prefix="e/{backup_id}/").execute({})
-    assert read(s3_client, s3_bucket, uri.split("/", 3)[3]) == b""
+    written = keys(s3_client, s3_bucket)
+    with pytest.raises(AirflowException, match=f"Backup {empty} .* not settled: its files hold no bytes"):
+        make_op(s3_bucket, empty, s3_key_prefix="e/{backup_id}/").execute({})
+    with pytest.raises(AirflowException, match=f"Backup {no_files} .* lists no files"):
+        make_op(s3_bucket, no_files, s3_key_prefix="n/{backup_id}/").execute({})
+    assert keys(s3_client, s3_bucket) == written and open_uploads(s3_client, s3_bucket) == []
 
 
 @pytest.mark.reliability(

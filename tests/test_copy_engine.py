@@ -293,10 +293,13 @@ def test_one_file_multipart(archive_factory: Callable[..., Archive], s3_client: 
     ]
     assert s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
 
-    # The file server saw one size probe and one ranged GET per part: no HEAD, no auth, no compression.
+    # The file server saw one size probe, one ranged GET per part and one probe again before the
+    # upload completed (is the file still being written?): no HEAD, no auth, no compression.
     files = archive.file_requests()
-    assert [(r.method, r.headers["Range"], r.status) for r in files[:1]] == [("GET", "bytes=0-0", 206)]
-    assert ranges(files[1:]) == planned(size)
+    probes = [("GET", "bytes=0-0", 206)]
+    assert [(r.method, r.headers["Range"], r.status) for r in files[:1]] == probes
+    assert [(r.method, r.headers["Range"], r.status) for r in files[-1:]] == probes
+    assert ranges(files[1:-1]) == planned(size)
     assert {(r.method, r.status) for r in files} == {("GET", 206)}
     assert all("Authorization" not in r.headers for r in files)
     assert all(r.headers.get("Accept-Encoding") == "identity" for r in files)
@@ -357,8 +360,8 @@ def test_empty_archive_is_one_empty_put(
     assert read_object(s3_client, s3_bucket) == b""
     assert (result.size, result.parts, result.sha256) == (0, 1, hashlib.sha256(b"").hexdigest())
     assert [op for op, _, _ in sent] == ["PutObject", "HeadObject"]
-    # The probe's 416 (``bytes */0``) says "empty"; nothing else is read.
-    assert [(r.headers["Range"], r.status) for r in archive.file_requests()] == [("bytes=0-0", 416)]
+    # The probe's 416 (``bytes */0``) says "empty"; nothing else is read but the probe before the PUT.
+    assert [(r.headers["Range"], r.status) for r in archive.file_requests()] == [("bytes=0-0", 416)] * 2
 
 
 def test_small_split_archive_is_one_put(
@@ -489,7 +492,7 @@ def test_range_ignored_skips_to_the_offset(
     statuses = [(r.headers["Range"], r.status) for r in archive.file_requests()]
     assert statuses == [("bytes=0-0", 200)] + [
         (f"bytes={a}-{b}", 200 if a == 5 * MiB else 206) for a, b in planned(size)
-    ]
+    ] + [("bytes=0-0", 206)]
 
 
 @pytest.mark.reliability(
@@ -829,3 +832,168 @@ def test_an_upload_already_aborted_elsewhere_is_not_an_error(caplog: pytest.LogC
         copy._abort("upload-1")
     assert [r.levelname for r in caplog.records] == ["INFO"]
     assert "already gone" in caplog.records[0].getMessage()
+
+
+# -- answers lost, sessions expired, sources still being written -----------------------------------
+
+
+@pytest.mark.reliability(
+    area="upload",
+    fault="the answer to CompleteMultipartUpload lost; botocore's retry gets NoSuchUpload",
+    outcome="accepted after checking the object",
+)
+def test_lost_complete_answer_accepts_the_completed_object(
+    archive_factory: Callable[..., Archive], s3_server: str, s3_client: Any, s3_bucket: str
+) -> None:
+    import boto3
+    from botocore.config import Config
+
+    from tests.s3_proxy import NO_SUCH_UPLOAD, s3_proxy
+
+    size = 12 * MiB + 3
+    archive = archive_factory(size)
+    with s3_proxy(s3_server) as proxy:
+        completed: set[str] = set()
+
+        def lose_first_complete(request: Any) -> Any:
+            if request.operation != "CompleteMultipartUpload":
+                return None
+            upload = request.query["uploadId"]
+            if upload in completed:  # AWS: a completed upload is gone (moto would complete it again)
+                return NO_SUCH_UPLOAD
+            completed.add(upload)
+            return "lose_answer"
+
+        proxy.rule = lose_first_complete
+        client = boto3.client(
+            "s3",
+            endpoint_url=proxy.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            config=Config(retries={"mode": "standard", "max_attempts": 3}),
+        )
+        metadata = {"c66-stack-id": STACK, "c66-backup-id": str(archive.backup_id)}
+        result = copy_to_s3(
+            archive.sources(), client, s3_bucket, KEY, settings=FAST, extra_args={"Metadata": metadata}
+        )
+        completes = [outcome for op, outcome in proxy.operations() if op == "CompleteMultipartUpload"]
+
+    # S3 completed the upload at the first Complete; botocore sent it again and heard NoSuchUpload.
+    assert completes == ["lose_answer", "answered 404"]
+    assert read_object(s3_client, s3_bucket) == archive.content()
+    assert result.sha256 == archive.sha256() and result.size == size
+    assert s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
+
+
+def test_lost_complete_answer_with_another_object_at_the_key_is_not_accepted(
+    archive_factory: Callable[..., Archive], s3_client: Any, s3_bucket: str
+) -> None:
+    """NoSuchUpload with an object that is not this copy's (another size): the copy fails."""
+    archive = archive_factory(12 * MiB + 3)
+    s3_client.put_object(Bucket=s3_bucket, Key=KEY, Body=b"someone else's")
+
+    def no_such_upload(**_: Any) -> None:
+        raise ClientError({"Error": {"Code": "NoSuchUpload", "Message": "gone"}}, "CompleteMultipartUpload")
+
+    s3_client.meta.events.register("before-call.s3.CompleteMultipartUpload", no_such_upload)
+    with pytest.raises(CopyError, match="CompleteMultipartUpload failed"):
+        copy_to_s3(archive.sources(), s3_client, s3_bucket, KEY, settings=FAST)
+    assert read_object(s3_client, s3_bucket) == b"someone else's"
+
+
+def test_composite_checksum_and_etag_are_s3s() -> None:
+    """The figures a lost Complete is checked against, as S3 documents them (CRC of the part CRCs;
+    MD5 of the part MD5s), each with the part count."""
+    parts = [b"a" * 10, b"b" * 7]
+    crcs = [crc32_b64(p) for p in parts]
+    joined = b"".join(zlib.crc32(p).to_bytes(4, "big") for p in parts)
+    assert copy_engine._composite_crc32(crcs) == f"{crc32_b64(joined)}-2"
+    md5s = [hashlib.md5(p).hexdigest() for p in parts]
+    expected = hashlib.md5(b"".join(bytes.fromhex(m) for m in md5s)).hexdigest() + "-2"
+    assert copy_engine._multipart_etag([f'"{m}"' for m in md5s]) == expected
+    assert copy_engine._multipart_etag(["not-an-md5"]) is None
+
+
+@pytest.mark.reliability(
+    area="download",
+    fault="signed URL made with temporary credentials whose session ended (400 ExpiredToken)",
+    outcome="retried and succeeded",
+)
+@pytest.mark.parametrize("code", ["ExpiredToken", "TokenRefreshRequired"])
+def test_expired_session_token_fetches_a_fresh_url(
+    archive_factory: Callable[..., Archive], s3_client: Any, s3_bucket: str, buffers: BufferHooks, code: str
+) -> None:
+    archive = archive_factory(12 * MiB + 3)
+    buffers.on_take(2, lambda: archive.emu.expire_urls(code))
+
+    result = copy_to_s3(archive.sources(), s3_client, s3_bucket, KEY, settings=FAST)
+
+    assert read_object(s3_client, s3_bucket) == archive.content() and result.size == 12 * MiB + 3
+    statuses = [r.status for r in archive.file_requests()]
+    assert 400 in statuses and archive.url_fetches("tar") == 2
+
+
+def test_another_400_is_not_mistaken_for_an_expiry(
+    archive_factory: Callable[..., Archive], s3_client: Any, s3_bucket: str
+) -> None:
+    archive = archive_factory(3 * MiB)
+    body = b"<Error><Code>InvalidArgument</Code><Message>bad</Message></Error>"
+    archive.emu.fail_next(1, r"\.tar$", 400, body=body, headers={"Content-Type": "application/xml"})
+    with pytest.raises(CopyError, match="HTTP 400 InvalidArgument"):
+        copy_to_s3(archive.sources(), s3_client, s3_bucket, KEY, settings=FAST)
+    assert archive.url_fetches("tar") == 1
+    assert_nothing_left(s3_client, s3_bucket)
+
+
+@pytest.mark.reliability(
+    area="source",
+    fault="a file grows after its last byte was read (the backup is still being written)",
+    outcome="retryable error, nothing completed",
+)
+@pytest.mark.parametrize("size", [3 * MiB, 12 * MiB + 3], ids=["single-put", "multipart"])
+def test_a_file_that_grows_after_it_was_read_completes_nothing(
+    archive_factory: Callable[..., Archive], s3_client: Any, s3_bucket: str, size: int
+) -> None:
+    archive = archive_factory(size)
+    reads = 1 + len(planned(size))  # the probe, then one GET per part; the next probe sees the growth
+    archive.emu.grow_backup(STACK, archive.backup_id, 1000, after_downloads=reads)
+    with pytest.raises(copy_engine.SourceChanged, match=f"was {size} bytes .* is {size + 1000} bytes now"):
+        copy_to_s3(archive.sources(), s3_client, s3_bucket, KEY, settings=FAST)
+    assert_nothing_left(s3_client, s3_bucket)
+
+
+def test_a_file_that_grows_mid_copy_is_still_being_written(
+    archive_factory: Callable[..., Archive], s3_client: Any, s3_bucket: str
+) -> None:
+    archive = archive_factory(12 * MiB + 3)
+    archive.emu.grow_backup(STACK, archive.backup_id, 2 * MiB, after_downloads=2)
+    with pytest.raises(copy_engine.SourceChanged, match=r"size changed .* still being written"):
+        copy_to_s3(archive.sources(), s3_client, s3_bucket, KEY, settings=FAST)
+    assert_nothing_left(s3_client, s3_bucket)
+
+
+def test_expected_size_disagreeing_fails_before_any_upload(
+    archive_factory: Callable[..., Archive], s3_client: Any, s3_bucket: str
+) -> None:
+    archive = archive_factory(3 * MiB)
+    calls = S3Calls(s3_client)
+    with pytest.raises(copy_engine.SourceChanged, match=f"hold {3 * MiB} bytes but .* says {3 * MiB + 1}"):
+        copy_to_s3(archive.sources(), s3_client, s3_bucket, KEY, settings=FAST, expected_size=3 * MiB + 1)
+    assert calls.operations == [] and archive.data_requests() == []
+
+
+def test_before_complete_sees_the_sizes_and_can_refuse(
+    archive_factory: Callable[..., Archive], s3_client: Any, s3_bucket: str
+) -> None:
+    archive = archive_factory(12 * MiB + 3)
+    seen: list[tuple[int, ...]] = []
+
+    def refuse(sizes: Any) -> None:
+        seen.append(tuple(sizes))
+        raise copy_engine.SourceChanged("a new file appeared")
+
+    with pytest.raises(copy_engine.SourceChanged, match="a new file appeared"):
+        copy_to_s3(archive.sources(), s3_client, s3_bucket, KEY, settings=FAST, before_complete=refuse)
+    assert seen == [(12 * MiB + 3,)]
+    assert_nothing_left(s3_client, s3_bucket)

@@ -472,7 +472,7 @@ def test_restore_dag_imports_the_object_and_waits_for_the_imported_backup(
 
     imported = max(b["id"] for b in emu.backups("shop-prod"))
     assert imported != earlier
-    assert next(b for b in emu.backups("shop-prod") if b["id"] == imported)["group"] == 3
+    assert emu.group_of("shop-prod", imported) == 3
     assert xcom_value(dagrun, "wait_for_imported_backup") == record(emu, imported, "shop-prod")
 
 

@@ -227,7 +227,9 @@ def test_import_then_wait_returns_the_imported_backup(emu, run_dag, deferrable):
     )
     assert dagrun.state == "success"
     (imported,) = new_backups(emu, old)
-    assert imported["group"] == 5 and xcom_value(dagrun, "backup") == imported
+    # The record names no group (as documented): the wait trusts the API's own group filter.
+    assert imported["group"] is None and emu.group_of(STACK, imported["id"]) == 5
+    assert xcom_value(dagrun, "backup") == imported
     watermark, post, *polls = emu.requests
     assert watermark.query == {"db_type": "mysql", "group": "5", "page": "1"}
     assert post.method == "POST" and post.json == {"group": 5, "db_type": "mysql", "remote_url": SIGNED_URL}
@@ -387,6 +389,7 @@ def test_every_user_facing_argument_is_templated():
         "wait_for_completion",
         "poll_interval",
         "timeout",
+        "settle_seconds",
         "cloud66_conn_id",
     }
     assert set(Cloud66ImportBackupOperator.template_fields) == {
@@ -397,5 +400,6 @@ def test_every_user_facing_argument_is_templated():
         "wait_for_completion",
         "poll_interval",
         "timeout",
+        "settle_seconds",
         "cloud66_conn_id",
     }

@@ -357,6 +357,7 @@ def test_defaults_keep_100_waits_under_the_hourly_budget():
         "newer_than",
         "after_backup_id",
         "fail_on_failed_backup",
+        "settle_seconds",
         "cloud66_conn_id",
     }
 

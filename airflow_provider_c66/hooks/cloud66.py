@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
@@ -20,7 +21,12 @@ import urllib3.exceptions
 
 from airflow_provider_c66 import api, validation
 from airflow_provider_c66.api import ApiRequest, Attempts, Outcome, RateBudget, RetryPolicy, segment
-from airflow_provider_c66.exceptions import Cloud66ApiError, Cloud66AuthError, Cloud66InputError
+from airflow_provider_c66.exceptions import (
+    Cloud66ApiError,
+    Cloud66AuthError,
+    Cloud66CancelledError,
+    Cloud66InputError,
+)
 from airflow_provider_c66.models import Backup, BackupFile, parse_records
 
 try:
@@ -44,6 +50,8 @@ class Cloud66Hook(BaseHook):  # type: ignore[misc]
 
     :param cloud66_conn_id: the Airflow connection id.
     :param retry_policy: how hard each call tries; see :class:`~airflow_provider_c66.api.RetryPolicy`.
+    :param cancel: when set (a task's ``on_kill``), a call waiting between attempts or for the rate
+        budget gives up at once with :class:`~airflow_provider_c66.exceptions.Cloud66CancelledError`.
     """
 
     conn_name_attr = "cloud66_conn_id"
@@ -57,6 +65,7 @@ class Cloud66Hook(BaseHook):  # type: ignore[misc]
         *,
         retry_policy: RetryPolicy | None = None,
         max_rate_limit_wait: float | None = None,
+        cancel: threading.Event | None = None,
     ) -> None:
         super().__init__()
         self.cloud66_conn_id = cloud66_conn_id
@@ -65,6 +74,7 @@ class Cloud66Hook(BaseHook):  # type: ignore[misc]
             policy = replace(policy, max_rate_limit_wait=max_rate_limit_wait)
         self.retry_policy = policy
         self.budget = RateBudget()
+        self.cancel = cancel
         self._session: requests.Session | None = None
         self._settings: _Settings | None = None
 
@@ -100,7 +110,7 @@ class Cloud66Hook(BaseHook):  # type: ignore[misc]
         session = self.get_conn()
         attempts = Attempts(self.retry_policy, self.budget)
         while True:
-            time.sleep(self.budget.wait_before(request, self.retry_policy))
+            self._pause(request, self.budget.wait_before(request, self.retry_policy))
             try:
                 response = session.request(
                     request.method,
@@ -122,7 +132,18 @@ class Cloud66Hook(BaseHook):  # type: ignore[misc]
                 return outcome.page
             delay = attempts.delay_after(request, outcome)
             self.log.warning("%s; retrying in %.1f s (attempt %d)", outcome.error, delay, attempts.count + 1)
-            time.sleep(delay)
+            self._pause(request, delay)
+
+    def _pause(self, request: ApiRequest, seconds: float) -> None:
+        """Sleep before an attempt; with a ``cancel`` event, give up as soon as it is set."""
+        if self.cancel is None:
+            time.sleep(seconds)
+        elif self.cancel.wait(seconds) or self.cancel.is_set():
+            raise Cloud66CancelledError(
+                f"{request.method} {request.path}: given up, the task is being stopped",
+                method=request.method,
+                path=request.path,
+            )
 
     async def _arequest(self, request: ApiRequest, session: aiohttp.ClientSession) -> api.Page:
         """The async twin of :meth:`_request`: same policy and mapping, only the I/O differs."""
@@ -313,11 +334,11 @@ class Cloud66Hook(BaseHook):  # type: ignore[misc]
         if keep_count is not None:
             body["keep_count"] = validation.keep_count(keep_count)
         if gzip is not None:
-            body["gzip"] = _flag(gzip, "gzip")
+            body["gzip"] = validation.flag(gzip, "gzip")
         if excluded_tables is not None:
             body["excluded_tables"] = _tables(excluded_tables)
         if run_on_replica_server is not None:
-            body["run_on_replica_server"] = _flag(run_on_replica_server, "run_on_replica_server")
+            body["run_on_replica_server"] = validation.flag(run_on_replica_server, "run_on_replica_server")
         return body
 
     def import_backup(self, stack_id: str, *, group: int | str, db_type: str, remote_url: str) -> str:
@@ -506,14 +527,6 @@ def _base_url(host: str | None, conn_id: str) -> str:
     if parts.path in ("", "/"):
         text = text + "/api/3"
     return text
-
-
-def _flag(value: object, field: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
-        return value.strip().lower() == "true"
-    raise Cloud66InputError(field, f"must be true or false, got {value!r:.80}")
 
 
 def _tables(value: str | Sequence[str]) -> str:

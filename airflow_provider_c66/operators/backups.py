@@ -48,6 +48,7 @@ class _BackupPostOperator(ResumableJobMixin, BaseOperator):  # type: ignore[misc
         wait_for_completion: bool = False,
         poll_interval: float = watermark.DEFAULT_POLL_INTERVAL,
         timeout: float = DEFAULT_TIMEOUT,
+        settle_seconds: float = 0,
         cloud66_conn_id: str = Cloud66Hook.default_conn_name,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         **kwargs: Any,
@@ -57,6 +58,7 @@ class _BackupPostOperator(ResumableJobMixin, BaseOperator):  # type: ignore[misc
         self.wait_for_completion = wait_for_completion
         self.poll_interval = poll_interval
         self.timeout = timeout
+        self.settle_seconds = settle_seconds
         self.cloud66_conn_id = cloud66_conn_id
         self.deferrable = deferrable
         self._verdict: Verdict | None = None
@@ -66,9 +68,10 @@ class _BackupPostOperator(ResumableJobMixin, BaseOperator):  # type: ignore[misc
     def validate(self) -> None:
         """Check every rendered argument; raise Cloud66InputError before any request."""
         self.stack_id = validation.stack_id(self.stack_id)
-        self.wait_for_completion = watermark.flag(self.wait_for_completion, "wait_for_completion")
+        self.wait_for_completion = validation.flag(self.wait_for_completion, "wait_for_completion")
         self.poll_interval = watermark.seconds(self.poll_interval, "poll_interval")
         self.timeout = watermark.seconds(self.timeout, "timeout")
+        self.settle_seconds = watermark.seconds(self.settle_seconds, "settle_seconds", allow_zero=True)
 
     def take_watermark(self) -> BackupWait:
         raise NotImplementedError
@@ -231,6 +234,8 @@ class Cloud66CreateBackupOperator(_BackupPostOperator):
     :param poll_interval: seconds between two list requests while waiting (default 150: 100
         concurrent waits stay at 2,400 of Cloud 66's 3,000 requests an hour).
     :param timeout: seconds to wait before failing (default 24 hours).
+    :param settle_seconds: count a new backup only once its record has not changed for this long
+        (default 0: at once). See :class:`~airflow_provider_c66.sensors.backups.Cloud66BackupSensor`.
     :param cloud66_conn_id: the Cloud 66 connection id (its token needs the ``admin`` scope).
     :param deferrable: wait in the triggerer; default ``[operators] default_deferrable``.
     """
@@ -246,6 +251,7 @@ class Cloud66CreateBackupOperator(_BackupPostOperator):
         "wait_for_completion",
         "poll_interval",
         "timeout",
+        "settle_seconds",
         "cloud66_conn_id",
     )
     ui_color = "#2f9fd6"
@@ -287,9 +293,11 @@ class Cloud66CreateBackupOperator(_BackupPostOperator):
     def take_watermark(self) -> BackupWait:
         types = validation.db_types(self.db_type)
         one_type = types[0] if len(types) == 1 and types != ["all"] else None
-        existing = self.hook.list_backups(self.stack_id, db_type=one_type)
+        existing = self.hook.latest_backups(
+            self.stack_id, db_type=one_type, **watermark.watermark_query(types)
+        )
         marks = watermark.watermarks_before(existing, types)
-        return BackupWait(self.stack_id, marks, db_type=one_type)
+        return BackupWait(self.stack_id, marks, db_type=one_type, settle_seconds=self.settle_seconds)
 
     def post(self) -> str:
         return self.hook.create_backup_task(self.stack_id, **self._task_args())
@@ -315,6 +323,8 @@ class Cloud66ImportBackupOperator(_BackupPostOperator):
     :param wait_for_completion: wait for the imported backup and return it.
     :param poll_interval: seconds between two list requests while waiting (default 150).
     :param timeout: seconds to wait before failing (default 24 hours).
+    :param settle_seconds: count a new backup only once its record has not changed for this long
+        (default 0: at once). See :class:`~airflow_provider_c66.sensors.backups.Cloud66BackupSensor`.
     :param cloud66_conn_id: the Cloud 66 connection id (its token needs the ``admin`` scope).
     :param deferrable: wait in the triggerer; default ``[operators] default_deferrable``.
     """
@@ -327,6 +337,7 @@ class Cloud66ImportBackupOperator(_BackupPostOperator):
         "wait_for_completion",
         "poll_interval",
         "timeout",
+        "settle_seconds",
         "cloud66_conn_id",
     )
     ui_color = "#2f9fd6"
@@ -363,9 +374,13 @@ class Cloud66ImportBackupOperator(_BackupPostOperator):
 
     def take_watermark(self) -> BackupWait:
         group, db_type = self._body["group"], self._body["db_type"]
-        existing = self.hook.list_backups(self.stack_id, db_type=db_type, group=group)
+        existing = self.hook.latest_backups(
+            self.stack_id, db_type=db_type, group=group, **watermark.watermark_query([db_type])
+        )
         marks = watermark.watermarks_before(existing, [db_type])
-        return BackupWait(self.stack_id, marks, db_type=db_type, group=group)
+        return BackupWait(
+            self.stack_id, marks, db_type=db_type, group=group, settle_seconds=self.settle_seconds
+        )
 
     def post(self) -> str:
         self.log.info(

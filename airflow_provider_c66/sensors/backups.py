@@ -49,6 +49,12 @@ class Cloud66BackupSensor(BaseSensorOperator):  # type: ignore[misc]
     :param after_backup_id: only backups after this one (instead of ``newer_than``).
     :param fail_on_failed_backup: when the newest matching backup failed, fail at once with
         Cloud 66's ``backup_result``; when False, failed backups are passed over and the wait goes on.
+    :param settle_seconds: count a successful backup only once its record has not changed for this
+        long (its ``updated_at``, else ``created_at``, else its date). Default 0: at once. Cloud 66
+        documents no "in progress" status and does not say whether a backup's row can appear before
+        its files are complete; a settle time guards against that at the cost of that much latency
+        (and a longer wait when Cloud 66 touches the record later, e.g. after a verify). The transfer
+        checks the files again in any case, so this only trades latency for fewer failed copies.
     :param cloud66_conn_id: the Cloud 66 connection id.
     :param deferrable: wait in the triggerer; default ``[operators] default_deferrable``.
     """
@@ -61,6 +67,7 @@ class Cloud66BackupSensor(BaseSensorOperator):  # type: ignore[misc]
         "newer_than",
         "after_backup_id",
         "fail_on_failed_backup",
+        "settle_seconds",
         "cloud66_conn_id",
     )
     ui_color = "#2f9fd6"
@@ -75,6 +82,7 @@ class Cloud66BackupSensor(BaseSensorOperator):  # type: ignore[misc]
         newer_than: datetime | str | None = None,
         after_backup_id: int | str | None = None,
         fail_on_failed_backup: bool = True,
+        settle_seconds: float = 0,
         cloud66_conn_id: str = Cloud66Hook.default_conn_name,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         poke_interval: float = watermark.DEFAULT_POLL_INTERVAL,
@@ -88,6 +96,7 @@ class Cloud66BackupSensor(BaseSensorOperator):  # type: ignore[misc]
         self.newer_than = newer_than
         self.after_backup_id = after_backup_id
         self.fail_on_failed_backup = fail_on_failed_backup
+        self.settle_seconds = settle_seconds
         self.cloud66_conn_id = cloud66_conn_id
         self.deferrable = deferrable
         self._wait: BackupWait | None = None
@@ -116,7 +125,8 @@ class Cloud66BackupSensor(BaseSensorOperator):  # type: ignore[misc]
                 if self.database_name is None
                 else validation.non_empty_str(self.database_name, "database_name")
             ),
-            fail_on_failed_backup=watermark.flag(self.fail_on_failed_backup, "fail_on_failed_backup"),
+            fail_on_failed_backup=validation.flag(self.fail_on_failed_backup, "fail_on_failed_backup"),
+            settle_seconds=watermark.seconds(self.settle_seconds, "settle_seconds", allow_zero=True),
         )
 
     def execute(self, context: Context) -> Any:

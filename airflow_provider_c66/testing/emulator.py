@@ -108,6 +108,8 @@ class _Backup:
     skip_tables: str
     has_files: bool
     extra_fields: dict[str, Any]
+    updated: datetime | None = None  # when the record last changed; None: its backup date
+    reported_size: int | None = None  # what backup_size says; None: the files' current size
 
     @property
     def base_name(self) -> str:
@@ -140,6 +142,24 @@ class _Pending:
     size: int
     gzip: bool
     skip_tables: str
+
+
+@dataclass
+class _Growth:
+    """A backup still being written: its files grow by ``by`` bytes after ``after`` more downloads."""
+
+    stack_uid: str
+    backup_id: int
+    by: int
+    after: int
+
+
+# How S3 answers a signed URL whose signature is past its life: plain expiry, or a dead session token.
+_EXPIRY_ERRORS = {
+    "AccessDenied": (403, "Request has expired"),
+    "ExpiredToken": (400, "The provided token has expired."),
+    "TokenRefreshRequired": (400, "The provided token must be refreshed."),
+}
 
 
 @dataclass
@@ -320,6 +340,7 @@ class Cloud66Emulator:
         backup_outcome: str = "ok",
         bandwidth_per_connection: float | None = None,
         new_backup_size: int = 1024,
+        record_group: bool = False,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
@@ -337,6 +358,9 @@ class Cloud66Emulator:
         self.backup_outcome = backup_outcome
         self.bandwidth_per_connection = bandwidth_per_connection
         self.new_backup_size = new_backup_size
+        # The documented records carry no "group" field (the API filters on the parameter itself);
+        # True adds one, as an API version that did would.
+        self.record_group = record_group
         self.host = host
         self._requested_port = port
         self._lock = threading.RLock()
@@ -350,7 +374,8 @@ class Cloud66Emulator:
         self._log: list[RecordedRequest] = []
         self._next_id = 1
         self._secret = os.urandom(20)
-        self._old_secrets: list[bytes] = []
+        self._old_secrets: list[tuple[bytes, str]] = []  # (key, the S3 error its URLs now get)
+        self._growths: list[_Growth] = []
         self._digests: dict[tuple[int, int], str] = {}
         self._stopping = threading.Event()
         self._server: _Server | None = None
@@ -443,8 +468,14 @@ class Cloud66Emulator:
         extra_fields: dict[str, Any] | None = None,
         has_files: bool = True,
         skip_tables: str = "",
+        updated_at: datetime | None = None,
+        backup_size: int | None = None,
     ) -> int:
-        """Add a finished backup and return its id; the default seed is the id, so backups differ."""
+        """Add a finished backup and return its id; the default seed is the id, so backups differ.
+
+        :param updated_at: the record's ``updated_at_iso`` (default: its backup date).
+        :param backup_size: what the record's ``backup_size`` says (default: the files' size).
+        """
         if size < 0:
             raise ValueError("size must be non-negative")
         with self._lock:
@@ -464,8 +495,24 @@ class Cloud66Emulator:
                 has_files=has_files,
                 skip_tables=skip_tables,
                 extra_fields=dict(extra_fields or {}),
+                updated=_utc_seconds(updated_at) if updated_at is not None else None,
+                reported_size=backup_size,
             )
             return backup.id
+
+    def grow_backup(self, stack_uid: str, backup_id: int, by: int, *, after_downloads: int = 0) -> None:
+        """Write ``by`` more bytes to a backup, as a run that is still uploading would: now, or once
+        ``after_downloads`` more file downloads of it have been answered. The bytes already there stay
+        the same; a split backup gets a longer last part or a new one, and ``updated_at`` moves on.
+        """
+        if by <= 0 or after_downloads < 0:
+            raise ValueError("by must be positive and after_downloads non-negative")
+        with self._lock:
+            self._backup(stack_uid, backup_id)
+            if after_downloads == 0:
+                self._grow(stack_uid, backup_id, by)
+            else:
+                self._growths.append(_Growth(stack_uid, backup_id, by, after_downloads))
 
     # -- inspection --------------------------------------------------------------------------------
 
@@ -475,6 +522,11 @@ class Cloud66Emulator:
             self._materialize()
             self._stack(stack_uid)
             return [self._record(b) for b in self._sorted_backups(stack_uid)]
+
+    def group_of(self, stack_uid: str, backup_id: int) -> int:
+        """The backup group a backup belongs to (the documented records do not say)."""
+        with self._lock:
+            return self._backup(stack_uid, backup_id).group
 
     def file_ids(self, stack_uid: str, backup_id: int) -> list[str]:
         """File ids in archive order (the API lists them scrambled)."""
@@ -622,11 +674,18 @@ class Cloud66Emulator:
         with self._lock:
             self._faults.clear()
 
-    def expire_urls(self) -> None:
-        """Make every signed URL issued so far expired (403 on use); later ones stay valid."""
+    def expire_urls(self, error: str = "AccessDenied") -> None:
+        """Make every signed URL issued so far expired; later ones stay valid.
+
+        :param error: how S3 refuses them: ``AccessDenied`` (403 "Request has expired"), or, for a URL
+            signed with temporary credentials whose session ended, ``ExpiredToken`` or
+            ``TokenRefreshRequired`` (400).
+        """
+        if error not in _EXPIRY_ERRORS:
+            raise ValueError(f"error must be one of {sorted(_EXPIRY_ERRORS)}")
         with self._lock:
-            # Rotate the signing key; URLs signed with an old key answer "Request has expired".
-            self._old_secrets.append(self._secret)
+            # Rotate the signing key; URLs signed with an old key answer with that error.
+            self._old_secrets.append((self._secret, error))
             self._secret = os.urandom(20)
 
     def _take_fault(self, kinds: Sequence[str], path: str, method: str, kind: RequestKind) -> _Fault | None:
@@ -684,6 +743,21 @@ class Cloud66Emulator:
 
     def _file_by_id(self, stack_uid: str, backup_id: int, file_id: str) -> _File:
         return self._file(self._backup(stack_uid, backup_id), file_id)
+
+    def _grow(self, stack_uid: str, backup_id: int, by: int) -> None:
+        backup = self._backups[stack_uid][backup_id]
+        backup.size += by
+        backup.has_files = True
+        backup.updated = _utc_seconds(None)
+
+    def _downloaded(self, backup: _Backup) -> None:
+        """Count one answered download of ``backup`` towards its pending growths."""
+        for growth in list(self._growths):
+            if (growth.stack_uid, growth.backup_id) == (backup.stack_uid, backup.id):
+                growth.after -= 1
+                if growth.after <= 0:
+                    self._growths.remove(growth)
+                    self._grow(backup.stack_uid, backup.id, growth.by)
 
     def _sorted_backups(self, stack_uid: str) -> list[_Backup]:
         return sorted(self._backups[stack_uid].values(), key=lambda b: (b.backup_date, b.id), reverse=True)
@@ -755,15 +829,16 @@ class Cloud66Emulator:
             "restore_status": 0,
             "restore_result": None,
             "created_at_iso": date,
-            "updated_at_iso": date,
+            "updated_at_iso": _iso(backup.updated) if backup.updated else date,
             "verify_status": 0,
             "verify_result": None,
             "storage_path": backup.storage_path,
             "skip_tables": backup.skip_tables,
-            "backup_size": backup.size,
+            "backup_size": backup.size if backup.reported_size is None else backup.reported_size,
             "logical_backup": backup.db_type in ("mysql", "postgresql"),
-            "group": backup.group,
         }
+        if self.record_group:
+            record["group"] = backup.group
         record.update(backup.extra_fields)
         return record
 
@@ -1007,12 +1082,14 @@ class Cloud66Emulator:
             return hmac.compare_digest(self._signature(secret, path, expires).encode(), provided)
 
         valid = signed_with(current)
-        if now > expires or (not valid and any(signed_with(secret) for secret in old)):
+        expired = "AccessDenied" if now > expires else None
+        if not valid:
+            expired = next((error for secret, error in old if signed_with(secret)), expired)
+        if expired is not None:
+            status, message = _EXPIRY_ERRORS[expired]
             stamp = _iso(datetime.fromtimestamp(expires, timezone.utc))
-            body = _s3_error(
-                "AccessDenied", "Request has expired", Expires=stamp, ServerTime=_iso(_utc_seconds(None))
-            )
-            return _Reply.of(403, body, xml)
+            body = _s3_error(expired, message, Expires=stamp, ServerTime=_iso(_utc_seconds(None)))
+            return _Reply.of(status, body, xml)
         # The method is part of the string to sign: a GET-signed URL never matches HEAD, PUT, ...
         if method != "GET" or not valid:
             message = (
@@ -1025,6 +1102,8 @@ class Cloud66Emulator:
             located = self._objects.get(directory)
             backup = self._backups[located[0]][located[1]] if located else None
             parts = [p for p in self._files(backup) if p.name == name] if backup else []
+            if backup is not None and parts:
+                self._downloaded(backup)  # a growth lands after this answer's length is fixed
         if backup is None or not parts:
             return _Reply.of(404, _s3_error("NoSuchKey", "The specified key does not exist."), xml)
         part = parts[0]

@@ -18,7 +18,7 @@ from airflow_provider_c66.hooks.cloud66 import Cloud66Hook
 from airflow_provider_c66.models import Backup, BackupFile
 from airflow_provider_c66.transfers import archive
 from airflow_provider_c66.transfers.archive import ArchivedObject
-from airflow_provider_c66.transfers.copy_engine import s3_error_code
+from airflow_provider_c66.transfers.copy_engine import SourceChanged, s3_error_code
 
 try:
     from airflow.providers.common.compat.sdk import AirflowException, AssetAlias, BaseOperator
@@ -43,6 +43,14 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
     object appears only once complete. A ``manifest.json`` is written last under the prefix; a
     re-run that finds a matching manifest copies nothing and returns the same URIs.
 
+    **A backup still being written is never archived.** Cloud 66 does not say whether a backup's
+    record can appear before its files are complete, so before the (last) object completes, the
+    files are probed again and the file list is read again (one API request); a file that grew or
+    appeared, a total that disagrees with the record's ``backup_size`` (when it is above 0), or no
+    bytes at all fail the try with a retryable error, and nothing is completed: no manifest, and
+    with ``join_parts=True`` no object. With ``join_parts=False`` the objects completed before the
+    change stay, without a manifest, and the next try replaces them.
+
     :param stack_id: the stack UID.
     :param backup_id: the backup id, or a ``Backup.to_dict()`` dict such as the sensor's XCom value.
     :param s3_bucket: the destination bucket.
@@ -59,6 +67,8 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
     :param tags: object tags.
     :param part_size: bytes per multipart part (raised if the archive would need over 10,000 parts).
     :param max_concurrency: parts in flight at once.
+    :param verify_backup_size: compare the files' total with the record's ``backup_size`` when that
+        is above 0. Cloud 66 does not document its unit; set False if it ever counts other than bytes.
     :param asset_alias: the ``AssetAlias`` each written object is announced under, so DAGs can be
         scheduled on fresh archives; None to announce nothing.
     :return: the ``s3://`` URIs of the archive's objects.
@@ -95,6 +105,7 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
         tags: Mapping[str, str] | None = None,
         part_size: int = DEFAULT_PART_SIZE,
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        verify_backup_size: bool = True,
         asset_alias: str | None = DEFAULT_ASSET_ALIAS,
         **kwargs: Any,
     ) -> None:
@@ -115,8 +126,10 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
         self.tags = tags
         self.part_size = part_size
         self.max_concurrency = max_concurrency
+        self.verify_backup_size = verify_backup_size
         self.asset_alias = asset_alias
-        self._cancel = threading.Event()
+        # Made in execute(): an Event cannot be deep-copied, and Airflow deep-copies operators.
+        self._cancel: threading.Event | None = None
 
     # --- input ----------------------------------------------------------------------------------
     def _validated(self) -> tuple[str, int, str, CopySettings, dict[str, Any]]:
@@ -166,7 +179,9 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
     # --- run ------------------------------------------------------------------------------------
     def execute(self, context: Any) -> list[str]:
         stack, ident, bucket, settings, extra = self._validated()
-        hook = Cloud66Hook(self.cloud66_conn_id)
+        verify_size = validation.flag(self.verify_backup_size, "verify_backup_size")
+        self._cancel = cancel = threading.Event()
+        hook = Cloud66Hook(self.cloud66_conn_id, cancel=cancel)
         backup = hook.get_backup(stack, ident)
         if not backup.succeeded:
             raise AirflowException(
@@ -177,7 +192,8 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
         files = hook.list_backup_files(stack, ident)
         if not files:
             raise AirflowException(
-                f"Backup {ident} of stack {stack!r} lists no files; there is nothing to archive."
+                f"Backup {ident} of stack {stack!r} lists no files: it may still be being written, and an "
+                "empty archive is never written. A retry looks again."
             )
         plan = self._plan(prefix, files)
         client = self._s3_client(settings.max_concurrency)
@@ -193,8 +209,14 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
 
         from airflow_provider_c66.transfers.copy_engine import CopyCancelled, CopyError
 
+        expected = backup.backup_size if verify_size and backup.backup_size > 0 else None
         try:
-            objects = self._copy(hook, client, bucket, stack, ident, plan, settings, extra)
+            objects = self._copy(hook, client, bucket, stack, ident, plan, settings, extra, files, expected)
+        except SourceChanged as exc:
+            raise AirflowException(
+                f"Backup {ident} of stack {stack!r} is not settled: {exc}. Nothing was completed and no "
+                "manifest was written; a retry copies it again once it has settled."
+            ) from exc
         except CopyError as exc:
             if isinstance(exc, CopyCancelled):
                 raise
@@ -245,12 +267,29 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
         plan: dict[str, list[BackupFile]],
         settings: CopySettings,
         extra: dict[str, Any],
+        files: Sequence[BackupFile],
+        expected_size: int | None,
     ) -> list[ArchivedObject]:
         from airflow_provider_c66.transfers.copy_engine import Source, copy_to_s3
 
         metadata = {archive.META_STACK: stack, archive.META_BACKUP: str(ident)}
         objects: list[ArchivedObject] = []
-        for key, members in plan.items():
+
+        def last_look(sizes: Sequence[int]) -> None:
+            """Before the archive's last object completes: is the backup still what it was?"""
+            total = sum(o.size for o in objects) + sum(sizes)
+            if total == 0:
+                raise SourceChanged("its files hold no bytes, and an empty archive is never a backup")
+            if expected_size is not None and total != expected_size:
+                raise SourceChanged(f"its files hold {total} bytes but its record says {expected_size}")
+            now = hook.list_backup_files(stack, ident)
+            if [(f.id, f.name) for f in now] != [(f.id, f.name) for f in files]:
+                raise SourceChanged(
+                    f"its file list changed during the copy, from {_file_ids(files)} to {_file_ids(now)}: "
+                    "it is still being written"
+                )
+
+        for number, (key, members) in enumerate(plan.items(), start=1):
             sources = [Source(f.id, f.name, _url_provider(hook, stack, ident, f.id)) for f in members]
             result = copy_to_s3(
                 sources,
@@ -261,6 +300,8 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
                 extra_args={**extra, "Metadata": metadata},
                 cancel=self._cancel,
                 log=self.log,
+                expected_size=expected_size if self.join_parts else None,
+                before_complete=last_look if number == len(plan) else None,
             )
             objects.append(
                 ArchivedObject(
@@ -311,8 +352,10 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
             )
 
     def on_kill(self) -> None:
-        """Stop the copy: the engine aborts the multipart upload so nothing partial is left."""
-        self._cancel.set()
+        """Stop the copy: the engine aborts the multipart upload so nothing partial is left, and a
+        Cloud 66 call waiting out an outage gives up at once."""
+        if self._cancel is not None:
+            self._cancel.set()
 
     # --- helpers --------------------------------------------------------------------------------
     def _plan(self, prefix: str, files: Sequence[BackupFile]) -> dict[str, list[BackupFile]]:
@@ -381,6 +424,10 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
                     extra={"stack_id": stack, "backup_id": backup.id, "db_type": backup.db_type},
                 )
         return uris
+
+
+def _file_ids(files: Sequence[BackupFile]) -> str:
+    return ", ".join(f.id for f in files) or "none"
 
 
 def _url_provider(hook: Cloud66Hook, stack: str, ident: int, file_id: str) -> Any:

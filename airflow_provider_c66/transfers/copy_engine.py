@@ -14,6 +14,7 @@ No Airflow here (the operator wraps this module); boto3 is used only through the
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import http.client
 import http.cookiejar
@@ -23,11 +24,11 @@ import threading
 import time
 import zlib
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import requests
 import requests.adapters
@@ -45,6 +46,7 @@ __all__ = [
     "CopyResult",
     "CopySettings",
     "Source",
+    "SourceChanged",
     "abort_stale_uploads",
     "choose_part_size",
     "copy_to_s3",
@@ -78,6 +80,9 @@ EXTRA_ARGS = frozenset(
 # requests' exceptions derive from OSError; reading ``resp.raw`` raises urllib3's and http.client's own.
 _TRANSPORT_ERRORS = (OSError, http.client.HTTPException, urllib3.exceptions.HTTPError)
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+_S3_CODE = re.compile(rb"<Code>([^<]{1,64})</Code>")
+# What S3 answers (400) to a URL signed with temporary credentials whose session has ended.
+_SESSION_EXPIRED = frozenset({"ExpiredToken", "TokenRefreshRequired"})
 _QUERY = re.compile(r"\?[^\s'\"<>()]*")
 
 _T = TypeVar("_T")
@@ -92,6 +97,13 @@ class CopyError(Exception):
 
 class CopyCancelled(CopyError):
     """The cancel event was set (``on_kill``, SIGTERM): the upload was aborted."""
+
+
+class SourceChanged(CopyError):
+    """The sources are not what they were when the copy began, or not what the caller expected:
+    a file grew, shrank, appeared or went. The backup is most likely still being written; nothing
+    was completed, and a later try copies it again.
+    """
 
 
 @dataclass(frozen=True)
@@ -279,30 +291,46 @@ class _Coordinator:
 
 
 class _SignedUrl:
-    """A source's current signed URL, shared by all parts so an expiry costs one fetch, not one per part."""
+    """A source's current signed URL, shared by all parts so an expiry costs one fetch, not one per part.
 
-    def __init__(self, source: Source) -> None:
+    One part fetches while the others wait; every waiter still looks at the cancel event, so a kill
+    never waits for an API call that is itself waiting out an outage.
+    """
+
+    def __init__(self, source: Source, coordinator: _Coordinator) -> None:
         self.source = source
+        self.coordinator = coordinator
         self.generation = 0  # URLs fetched so far
         self._url = ""
         self._lock = threading.Lock()
 
+    @contextlib.contextmanager
+    def _held(self) -> Iterator[None]:
+        while not self._lock.acquire(timeout=_POLL):
+            self.coordinator.check()
+        try:
+            yield
+        finally:
+            self._lock.release()
+
     def get(self) -> tuple[str, int]:
-        with self._lock:
+        with self._held():
             if not self._url:
                 self._fetch()
             return self._url, self.generation
 
     def refresh(self, stale: int) -> None:
         """Fetch a new URL unless another part has already replaced generation ``stale``."""
-        with self._lock:
+        with self._held():
             if self.generation == stale:
                 self._fetch()
 
     def _fetch(self) -> None:
+        self.coordinator.check()
         try:
             url = self.source.url_provider()
         except Exception as exc:
+            self.coordinator.check()  # a provider interrupted by the cancel: report the cancel
             message = f"{self.source.label}: could not get a signed URL: {_scrub(str(exc))}"
             raise CopyError(message) from exc
         if not isinstance(url, str) or not url.startswith(("https://", "http://")):
@@ -320,7 +348,11 @@ class _Retry(Exception):
 
 
 class _Fatal(Exception):
-    """One attempt failed in a way no retry can fix (the file changed, 404 ...)."""
+    """One attempt failed in a way no retry of this copy can fix (404, a refused range ...)."""
+
+
+class _Changed(_Fatal):
+    """The file's size is not the one probed: it changed during the copy."""
 
 
 @dataclass
@@ -353,7 +385,7 @@ class _Downloader:
         coordinator: _Coordinator,
         log: logging.Logger,
     ) -> None:
-        self.urls = [_SignedUrl(source) for source in sources]
+        self.urls = [_SignedUrl(source, coordinator) for source in sources]
         self.sizes: list[int] = []
         self.settings = settings
         self.coordinator = coordinator
@@ -370,6 +402,16 @@ class _Downloader:
         self.sizes = [self._retrying(i, lambda: "size probe", self._probe) for i in range(len(self.urls))]
         return self.sizes
 
+    def check_sizes_unchanged(self) -> None:
+        """Probe every source again: a file that grew or shrank since the copy began is still being written."""
+        for index, before in enumerate(self.sizes):
+            now = self._retrying(index, lambda: "size check", self._probe)
+            if now != before:
+                raise SourceChanged(
+                    f"{self.urls[index].source.label} was {before} bytes when the copy began and is "
+                    f"{now} bytes now: it is still being written"
+                )
+
     def fill(self, index: int, offset: int, view: memoryview, on_bytes: Callable[[int], None]) -> None:
         """Fill ``view`` with bytes ``offset..`` of source ``index``, resuming where a failed read stopped."""
         target = _Fill(offset, view)
@@ -384,6 +426,10 @@ class _Downloader:
             url, generation = signed.get()
             try:
                 return attempt(url)
+            except _Changed as exc:
+                raise SourceChanged(
+                    f"{signed.source.label}, {where()}: {exc}; it is still being written"
+                ) from None
             except _Fatal as exc:
                 raise CopyError(f"{signed.source.label}, {where()}: {exc}") from None
             except _Retry as exc:
@@ -441,7 +487,7 @@ class _Downloader:
             if resp.status_code == 206:
                 got_first, got_last, total = _content_range(resp)
                 if total is not None and total != size:
-                    raise _Fatal(f"the file's size changed from {size} to {total} bytes during the copy")
+                    raise _Changed(f"the file's size changed from {size} to {total} bytes during the copy")
                 if (got_first, got_last) != (first, last):
                     raise _Retry(
                         f"asked for bytes {first}-{last}, got Content-Range bytes {got_first}-{got_last}"
@@ -451,10 +497,12 @@ class _Downloader:
                 skip = 0
             elif resp.status_code == 200:  # Range ignored: the whole file follows
                 if announced is not None and announced != size:
-                    raise _Fatal(f"the file's size changed from {size} to {announced} bytes during the copy")
+                    raise _Changed(
+                        f"the file's size changed from {size} to {announced} bytes during the copy"
+                    )
                 skip = first
             elif resp.status_code == 416:
-                raise _Fatal(f"range not satisfiable: the file is no longer {size} bytes long")
+                raise _Changed(f"range not satisfiable: the file is no longer {size} bytes long")
             else:
                 raise _Fatal(f"HTTP {resp.status_code} {resp.reason}")
             try:
@@ -478,12 +526,27 @@ class _Downloader:
 
 
 def _check_status(resp: requests.Response) -> None:
-    """Raise for answers worth another attempt: 403 (expired URL), 408, 429 and 5xx."""
+    """Raise for answers worth another attempt: 403 (expired URL), 400 ExpiredToken (the signing
+    session ended), 408, 429 and 5xx."""
     status = resp.status_code
     if status == 403:
         raise _Retry("HTTP 403: the signed URL has expired or was refused", expired=True)
+    if status == 400:
+        code = _s3_error_code(resp)
+        if code in _SESSION_EXPIRED:
+            raise _Retry(f"HTTP 400 {code}: the signed URL's session token has expired", expired=True)
+        raise _Fatal(f"HTTP 400 {code or resp.reason}")
     if status in (408, 429) or status >= 500:
         raise _Retry(f"HTTP {status} {resp.reason}", retry_after=parse_retry_after(resp.headers))
+
+
+def _s3_error_code(resp: requests.Response) -> str | None:
+    """The ``<Code>`` of an S3 error body (a few hundred bytes; at most 64 KiB are read)."""
+    try:
+        match = _S3_CODE.search(resp.raw.read(64 * 1024))
+    except _TRANSPORT_ERRORS:
+        return None
+    return match.group(1).decode("ascii", "replace") if match else None
 
 
 def _content_range(resp: requests.Response) -> tuple[int, int, int | None]:
@@ -642,21 +705,31 @@ class _ArchiveCopy:
         self.target = f"s3://{bucket}/{key}"
         self.buffers = _PartBuffers(settings.max_concurrency)
 
-    def run(self, parts: Sequence[_Part]) -> tuple[str, str]:
-        """Upload and verify; return (ETag, SHA-256 hex). Nothing is left behind when this raises."""
+    def run(self, parts: Sequence[_Part], before_complete: Callable[[], None]) -> tuple[str, str]:
+        """Upload and verify; return (ETag, SHA-256 hex). Nothing is left behind when this raises.
+
+        ``before_complete`` runs once every byte is uploaded and before the object can appear: the
+        sources are probed again first, so a file still being written never completes an object.
+        """
+
+        def settle() -> None:
+            self.downloader.check_sizes_unchanged()
+            before_complete()
+            self.coordinator.check_main()  # a cancel that arrives now still leaves nothing behind
+
         if len(parts) == 1:
-            etag, digest, version = self._put(parts[0])
+            etag, digest, version = self._put(parts[0], settle)
         else:
-            etag, digest, version = self._multipart(parts)
+            etag, digest, version = self._multipart(parts, settle)
         self._verify(sum(part.length for part in parts), version)
         return etag.strip('"'), digest
 
-    def _put(self, part: _Part) -> tuple[str, str, str | None]:
+    def _put(self, part: _Part, settle: Callable[[], None]) -> tuple[str, str, str | None]:
         data = self.buffers.take(part.length)
         try:
             self._fill(part, data)
             checksum = _crc32(data)
-            self.coordinator.check_main()
+            settle()
             answer = self._s3(
                 "PutObject", self.client.put_object, Body=data, ChecksumCRC32=checksum, **self.extra
             )
@@ -664,29 +737,82 @@ class _ArchiveCopy:
         finally:
             self.buffers.give_back(data)
 
-    def _multipart(self, parts: Sequence[_Part]) -> tuple[str, str, str | None]:
+    def _multipart(self, parts: Sequence[_Part], settle: Callable[[], None]) -> tuple[str, str, str | None]:
         create = self.client.create_multipart_upload
         upload_id = self._s3("CreateMultipartUpload", create, ChecksumAlgorithm="CRC32", **self.extra)[
             "UploadId"
         ]
+        pool = ThreadPoolExecutor(self.settings.max_concurrency, thread_name_prefix="c66-copy")
         try:
-            completed, digest = self._upload_parts(upload_id, parts)
-            self.coordinator.check_main()  # a cancel that arrives now still leaves nothing behind
-            complete = self.client.complete_multipart_upload
-            answer = self._s3(
-                "CompleteMultipartUpload", complete, UploadId=upload_id, MultipartUpload={"Parts": completed}
-            )
+            completed, digest = self._upload_parts(pool, upload_id, parts)
+            settle()
+            answer = self._complete(upload_id, completed, sum(part.length for part in parts))
         except BaseException:
+            # Abort at once, without waiting for the workers: one may be stuck in a read or an API
+            # call, and a kill must not outlast Airflow's grace period. Once they have stopped, abort
+            # again: a part that was in flight during the first abort may still have been stored.
             self._abort(upload_id)
+            pool.shutdown(wait=True, cancel_futures=True)
+            self._abort(upload_id, quiet=True)
             raise
+        pool.shutdown(wait=True)
         return answer.get("ETag", ""), digest, answer.get("VersionId")
 
-    def _upload_parts(self, upload_id: str, parts: Sequence[_Part]) -> tuple[list[CompletedPartTypeDef], str]:
+    def _complete(self, upload_id: str, completed: list[CompletedPartTypeDef], size: int) -> dict[str, Any]:
+        """CompleteMultipartUpload; an answer lost on the way is recognised by the object it made.
+
+        When the answer to a Complete is lost, botocore sends it again and S3 says ``NoSuchUpload``:
+        the upload is gone because it completed. The object is then accepted if it is this copy's.
+        """
+        try:
+            return dict(
+                self._s3(
+                    "CompleteMultipartUpload",
+                    self.client.complete_multipart_upload,
+                    UploadId=upload_id,
+                    MultipartUpload={"Parts": completed},
+                )
+            )
+        except CopyError as exc:
+            if s3_error_code(exc.__cause__ or exc) != "NoSuchUpload":
+                raise
+            head = self._completed_object(completed, size)
+            if head is None:
+                raise
+            self.log.warning(
+                "%s: CompleteMultipartUpload answered NoSuchUpload, but the object is complete and "
+                "matches this copy (size, checksum, metadata): its first answer was lost; accepting it",
+                self.target,
+            )
+            return head
+
+    def _completed_object(self, completed: list[CompletedPartTypeDef], size: int) -> dict[str, Any] | None:
+        """The object at the key, if it is the one these parts make (else None)."""
+        try:
+            head = dict(self.client.head_object(Bucket=self.bucket, Key=self.key, ChecksumMode="ENABLED"))
+        except Exception:
+            return None
+        expected_meta: dict[str, str] = self.extra.get("Metadata") or {}
+        metadata = cast("dict[str, str]", head.get("Metadata") or {})
+        if head.get("ContentLength") != size or any(metadata.get(k) != v for k, v in expected_meta.items()):
+            return None
+        crc = head.get("ChecksumCRC32")
+        composite = _composite_crc32([part["ChecksumCRC32"] for part in completed])
+        if crc and crc not in (composite, composite.rsplit("-", 1)[0]):  # some stores leave out "-N"
+            return None
+        etag = str(head.get("ETag", "")).strip('"')
+        expected_etag = _multipart_etag([str(part["ETag"]) for part in completed])
+        if not crc and expected_etag and etag != expected_etag:
+            return None
+        return head
+
+    def _upload_parts(
+        self, pool: ThreadPoolExecutor, upload_id: str, parts: Sequence[_Part]
+    ) -> tuple[list[CompletedPartTypeDef], str]:
         """Keep at most ``max_concurrency`` parts in flight; collect them in order to hash the archive."""
         digest = hashlib.sha256()
         completed: list[CompletedPartTypeDef] = []
         window: deque[Future[_Uploaded]] = deque()
-        pool = ThreadPoolExecutor(self.settings.max_concurrency, thread_name_prefix="c66-copy")
         try:
             for part in parts:
                 if len(window) == self.settings.max_concurrency:
@@ -698,8 +824,6 @@ class _ArchiveCopy:
         except BaseException as exc:
             self.coordinator.fail(exc)  # running workers stop at their next read
             raise
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)  # no UploadPart may run once the upload is aborted
         return completed, digest.hexdigest()
 
     def _collect(self, future: Future[_Uploaded], digest: hashlib._Hash) -> CompletedPartTypeDef:
@@ -758,13 +882,14 @@ class _ArchiveCopy:
                 f"expected {size}; the object was deleted"
             )
 
-    def _abort(self, upload_id: str) -> None:
+    def _abort(self, upload_id: str, *, quiet: bool = False) -> None:
         try:
             self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=upload_id)
             self.log.info("Aborted the multipart upload of %s", self.target)
         except Exception as exc:
-            if s3_error_code(exc) == "NoSuchUpload":  # already aborted, e.g. by a concurrent copy that won
-                self.log.info("The multipart upload of %s was already gone", self.target)
+            if s3_error_code(exc) == "NoSuchUpload":  # aborted just before, or by a concurrent copy that won
+                if not quiet:
+                    self.log.info("The multipart upload of %s was already gone", self.target)
                 return
             self.log.error(
                 "Could not abort multipart upload %s of %s (%s); the run that completes the archive aborts it",
@@ -789,9 +914,25 @@ def s3_error_code(exc: BaseException) -> str | None:
     return str(code) if code is not None else None
 
 
-def _crc32(data: bytearray) -> str:
+def _crc32(data: bytes | bytearray) -> str:
     """S3's ChecksumCRC32: base64 of the big-endian CRC-32."""
     return base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode("ascii")
+
+
+def _composite_crc32(part_checksums: Sequence[str]) -> str:
+    """S3's checksum of a multipart object: the CRC-32 of the parts' CRC-32s, then ``-N``."""
+    joined = b"".join(base64.b64decode(checksum) for checksum in part_checksums)
+    return f"{_crc32(joined)}-{len(part_checksums)}"
+
+
+def _multipart_etag(part_etags: Sequence[str]) -> str | None:
+    """S3's ETag of a multipart object (MD5 of the parts' MD5s, then ``-N``), or None when a part's
+    ETag is not an MD5 (some encryption modes, some stores) and so cannot be combined."""
+    digests = [etag.strip('"') for etag in part_etags]
+    if not all(re.fullmatch(r"[0-9a-fA-F]{32}", d) for d in digests):
+        return None
+    combined = hashlib.md5(b"".join(bytes.fromhex(d) for d in digests), usedforsecurity=False)
+    return f"{combined.hexdigest()}-{len(digests)}"
 
 
 def copy_to_s3(
@@ -804,6 +945,8 @@ def copy_to_s3(
     extra_args: Mapping[str, Any] | None = None,
     cancel: threading.Event | None = None,
     log: logging.Logger | None = None,
+    expected_size: int | None = None,
+    before_complete: Callable[[Sequence[int]], None] | None = None,
 ) -> CopyResult:
     """Copy ``sources``, concatenated in order, to ``s3://bucket/key``; all or nothing.
 
@@ -813,6 +956,12 @@ def copy_to_s3(
     :param extra_args: object arguments, from :data:`EXTRA_ARGS` (StorageClass, SSE, Tagging, Metadata ...).
     :param cancel: set it (``on_kill``) to stop: the upload is aborted and :class:`CopyCancelled` raised.
     :param log: where progress and retries are logged.
+    :param expected_size: the archive's size as its record states it: another total fails the copy
+        with :class:`SourceChanged` before anything is uploaded.
+    :param before_complete: called with the sources' sizes once every byte is uploaded, after the
+        sources were probed again and found unchanged, and before the object can appear; what it
+        raises aborts the copy (the caller's last look at the source, e.g. its file list).
+    :raises SourceChanged: the sources changed during the copy or disagree with ``expected_size``.
     :raises CopyError: the copy failed; no object and no multipart upload were left behind.
     """
     if not sources:
@@ -829,6 +978,11 @@ def copy_to_s3(
     try:
         sizes = downloader.probe_sizes()
         progress.total = total = sum(sizes)
+        if expected_size is not None and expected_size != total:
+            raise SourceChanged(
+                f"{target}: the files hold {total} bytes but the backup's record says {expected_size}; "
+                "nothing was uploaded"
+            )
         part_size = choose_part_size(total, settings.part_size)
         parts = _plan_parts(sizes, part_size)
         log.info(
@@ -843,7 +997,7 @@ def copy_to_s3(
         copy = _ArchiveCopy(
             client, bucket, key, dict(extra_args or {}), settings, downloader, coordinator, progress, log
         )
-        etag, digest = copy.run(parts)
+        etag, digest = copy.run(parts, lambda: before_complete(sizes) if before_complete else None)
     except CopyCancelled:
         raise CopyCancelled(
             f"{target}: cancelled after {_mib(progress.done)}; nothing was left in S3"

@@ -46,6 +46,8 @@ class Cloud66BackupTrigger(BaseTrigger):  # type: ignore[misc]
     :param group: only backups of this backup group.
     :param database_name: only backups of this database.
     :param fail_on_failed_backup: end with ``failed`` when the newest new backup failed.
+    :param settle_seconds: a successful backup counts once its record is this old (see
+        :class:`~airflow_provider_c66.watermark.BackupWait`).
     :param poll_interval: seconds between two list requests.
     :param cloud66_conn_id: the Cloud 66 connection id.
     :param started_at: when the wait began, in epoch seconds (for the timeout message).
@@ -62,6 +64,7 @@ class Cloud66BackupTrigger(BaseTrigger):  # type: ignore[misc]
         group: int | None = None,
         database_name: str | None = None,
         fail_on_failed_backup: bool = True,
+        settle_seconds: float | None = None,
         poll_interval: float = watermark.DEFAULT_POLL_INTERVAL,
         cloud66_conn_id: str = Cloud66Hook.default_conn_name,
         started_at: float | None = None,
@@ -76,6 +79,7 @@ class Cloud66BackupTrigger(BaseTrigger):  # type: ignore[misc]
                 "group": group,
                 "database_name": database_name,
                 "fail_on_failed_backup": fail_on_failed_backup,
+                "settle_seconds": settle_seconds,
             }
         )
         self.end_time = float(end_time)
