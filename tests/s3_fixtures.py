@@ -1,18 +1,97 @@
-"""A real S3-protocol server (moto in server mode) on 127.0.0.1 for the whole test session."""
+"""A real S3-protocol server on 127.0.0.1 for the whole test session.
+
+``C66_S3_SERVER`` chooses which (``make test-s3-compat`` runs the transfer tests under each):
+
+- ``moto`` (default): moto in server mode, in this process.
+- ``nanio``: ``nanio serve`` (the ``bench`` extra), a disk-backed server, started here as a subprocess
+  on a free port with a scratch data directory and stopped at the end.
+- ``radosgw`` (or any other name): a server already running at ``C66_S3_ENDPOINT``, e.g. Ceph's S3
+  gateway started by ``scripts/radosgw.sh``.
+
+Every server is signed to with ``C66_S3_ACCESS_KEY`` / ``C66_S3_SECRET_KEY`` (default ``testing`` /
+``testing``, which some tests also write out themselves): nanio and radosgw check SigV4 signatures,
+so the server must have been given the same keys (``scripts/radosgw.sh`` and the nanio start here do).
+
+Tests that need what only some servers do say so with markers, skipped elsewhere with their reason:
+``@pytest.mark.moto_only(reason)`` and ``@pytest.mark.s3_unsupported(*servers, reason=...)``.
+``SERVER_LIMITS`` below puts the same markers on tests by node ID.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
 from botocore.config import Config
 
+SERVER = os.environ.get("C66_S3_SERVER", "moto").strip().lower() or "moto"
+ACCESS_KEY = os.environ.get("C66_S3_ACCESS_KEY", "testing")
+SECRET_KEY = os.environ.get("C66_S3_SECRET_KEY", "testing")
 
-@pytest.fixture(scope="session")
-def s3_server() -> Iterator[str]:
+# What a server does differently from moto that a test depends on, by test node ID (a test's own
+# markers say the same thing; this table is for tests whose files are better left alone).
+# {node ID (without parameters): {server: reason}}; "*" stands for every server but moto.
+SERVER_LIMITS: dict[str, dict[str, str]] = {}
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"S3 server: {SERVER}" + (
+        f" at {os.environ.get('C66_S3_ENDPOINT')}" if SERVER not in ("moto", "nanio") else ""
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        for server, reason in SERVER_LIMITS.get(item.nodeid.split("[", 1)[0], {}).items():
+            if server == "*":
+                item.add_marker(pytest.mark.moto_only(reason))
+            else:
+                item.add_marker(pytest.mark.s3_unsupported(server, reason=reason))
+        if SERVER == "moto":
+            continue
+        for mark in item.iter_markers("moto_only"):
+            reason = mark.kwargs.get("reason") or (mark.args[0] if mark.args else "relies on moto")
+            item.add_marker(pytest.mark.skip(reason=f"moto only: {reason}"))
+            break
+        else:
+            for mark in item.iter_markers("s3_unsupported"):
+                if SERVER in mark.args:
+                    item.add_marker(pytest.mark.skip(reason=f"{SERVER}: {mark.kwargs.get('reason', '')}"))
+                    break
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _answers(endpoint: str) -> bool:
+    """Whether an HTTP server answers at ``endpoint`` (any status: an anonymous request is refused)."""
+    try:
+        with urllib.request.urlopen(endpoint + "/", timeout=2):
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _moto() -> Iterator[str]:
     from moto.server import ThreadedMotoServer
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
@@ -24,14 +103,69 @@ def s3_server() -> Iterator[str]:
         server.stop()
 
 
+@contextlib.contextmanager
+def _nanio(workdir: Path) -> Iterator[str]:
+    nanio = shutil.which("nanio", path=str(Path(sys.executable).parent)) or shutil.which("nanio")
+    if nanio is None:
+        pytest.fail(
+            "C66_S3_SERVER=nanio but nanio is not installed (the bench extra: pip install -e '.[bench]')"
+        )
+    port, data, log_path = _free_port(), workdir / "data", workdir / "nanio.log"
+    data.mkdir()
+    env = {**os.environ, "NANIO_ACCESS_KEY": ACCESS_KEY, "NANIO_SECRET_KEY": SECRET_KEY}
+    command = [nanio, "serve", "--data-dir", str(data), "--host", "127.0.0.1", "--port", str(port)]
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [*command, "--no-access-log", "--log-level", "warning"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while not _answers(endpoint):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"nanio did not start at {endpoint}: {log_path.read_text()[-2000:]}")
+            time.sleep(0.1)
+        yield endpoint
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The endpoint URL of the session's S3-protocol server (``C66_S3_SERVER``)."""
+    if SERVER == "moto":
+        with _moto() as endpoint:
+            yield endpoint
+    elif SERVER == "nanio":
+        with _nanio(tmp_path_factory.mktemp("nanio")) as endpoint:
+            yield endpoint
+    else:
+        endpoint = os.environ.get("C66_S3_ENDPOINT", "").rstrip("/")
+        if not endpoint:
+            pytest.fail(
+                f"C66_S3_SERVER={SERVER} needs C66_S3_ENDPOINT (scripts/radosgw.sh start DIR prints it)"
+            )
+        if not _answers(endpoint):
+            pytest.fail(f"no S3 server answers at C66_S3_ENDPOINT={endpoint}")
+        yield endpoint
+
+
 @pytest.fixture
 def s3_client(s3_server: str) -> Any:
     return boto3.client(
         "s3",
         endpoint_url=s3_server,
         region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
+        aws_access_key_id=ACCESS_KEY,
+        aws_secret_access_key=SECRET_KEY,
         # moto before 5.2 answers GetObject of a multipart object with a wrong full-object CRC32
         # (real S3 sends a composite "-N" checksum that botocore does not check); reading back in
         # tests compares the bytes themselves instead.
@@ -56,8 +190,8 @@ def aws_connection(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
         json.dumps(
             {
                 "conn_type": "aws",
-                "login": "testing",
-                "password": "testing",
+                "login": ACCESS_KEY,
+                "password": SECRET_KEY,
                 "extra": {"endpoint_url": s3_server, "region_name": "us-east-1"},
             }
         ),

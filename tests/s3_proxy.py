@@ -5,8 +5,10 @@ upstream server unless a rule says otherwise. A rule sees the request and return
 ``None`` (forward and answer); ``"lose_answer"``: forward it, let S3 act on it, then reset the
 connection before a byte of the answer reaches the client, as a dropped link or a dying load
 balancer would; or an :class:`Answer`: reply with it and forward nothing, which is how the tests
-make the proxy answer as AWS documents where the local server answers otherwise. Everything stays
-on 127.0.0.1.
+make the proxy answer as AWS documents where the local server answers otherwise. An ``after`` rule
+sees what the server answered and may replace it (AWS answers 403, not 404, for a missing key when
+the caller may not list the bucket). ``tests/s3_rules.py`` holds the rules themselves. Everything
+stays on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import struct
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Literal
 from urllib.parse import parse_qsl, urlsplit
@@ -32,6 +34,8 @@ class Answer:
     message: str
 
     def body(self) -> bytes:
+        if self.status < 300:  # a success that did nothing
+            return b""
         return (
             f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{self.code}</Code>'
             f"<Message>{self.message}</Message></Error>"
@@ -45,33 +49,71 @@ NO_SUCH_UPLOAD = Answer(
     "aborted or completed.",
 )
 Action = Literal["lose_answer"] | Answer | None
+# Looks at what the upstream server answered (status) and may replace it, as AWS would answer.
+AfterRule = Callable[["ProxiedRequest", int], Answer | None]
 _HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te"}
 
 
 @dataclass(frozen=True)
 class ProxiedRequest:
-    """What the client sent: method, path, query and headers (names lower-cased)."""
+    """What the client sent: method, path (``/bucket/key``, path style), query, headers (names
+    lower-cased) and body."""
 
     method: str
     path: str
     query: dict[str, str]
     headers: dict[str, str]
+    body: bytes = field(default=b"", repr=False, compare=False)
+
+    @property
+    def bucket(self) -> str:
+        return self.path.lstrip("/").split("/", 1)[0]
+
+    @property
+    def key(self) -> str:
+        """The object key, or "" for a request on the bucket itself."""
+        parts = self.path.lstrip("/").split("/", 1)
+        return parts[1] if len(parts) == 2 else ""
 
     @property
     def operation(self) -> str:
-        """The S3 operation's name, for the requests the tests care about."""
-        q = self.query
-        if self.method == "POST" and "uploads" in q:
+        """The S3 operation's name, as AWS's API reference names it."""
+        q, method = self.query, self.method
+        if not self.key:
+            for sub, names in _BUCKET_SUBRESOURCES.items():
+                if sub in q:
+                    return names.get(method, method)
+            return {"GET": "ListObjects", "PUT": "CreateBucket", "HEAD": "HeadBucket"}.get(method, method)
+        for sub, names in _OBJECT_SUBRESOURCES.items():
+            if sub in q:
+                return names.get(method, method)
+        if method == "POST" and "uploads" in q:
             return "CreateMultipartUpload"
-        if self.method == "POST" and "uploadId" in q:
+        if method == "POST" and "uploadId" in q:
             return "CompleteMultipartUpload"
-        if self.method == "PUT" and "partNumber" in q:
+        if method == "PUT" and "partNumber" in q:
             return "UploadPart"
-        if self.method == "DELETE" and "uploadId" in q:
+        if method == "GET" and "uploadId" in q:
+            return "ListParts"
+        if method == "DELETE" and "uploadId" in q:
             return "AbortMultipartUpload"
         return {"PUT": "PutObject", "GET": "GetObject", "HEAD": "HeadObject", "DELETE": "DeleteObject"}.get(
-            self.method, self.method
+            method, method
         )
+
+
+_BUCKET_SUBRESOURCES = {
+    "uploads": {"GET": "ListMultipartUploads"},
+    "object-lock": {"GET": "GetObjectLockConfiguration", "PUT": "PutObjectLockConfiguration"},
+    "versioning": {"GET": "GetBucketVersioning", "PUT": "PutBucketVersioning"},
+    "location": {"GET": "GetBucketLocation"},
+    "versions": {"GET": "ListObjectVersions"},
+}
+_OBJECT_SUBRESOURCES = {
+    "retention": {"GET": "GetObjectRetention", "PUT": "PutObjectRetention"},
+    "legal-hold": {"GET": "GetObjectLegalHold", "PUT": "PutObjectLegalHold"},
+    "tagging": {"GET": "GetObjectTagging", "PUT": "PutObjectTagging"},
+}
 
 
 class S3Proxy:
@@ -81,6 +123,7 @@ class S3Proxy:
         parts = urlsplit(upstream)
         self.upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
         self.rule: Callable[[ProxiedRequest], Action] = lambda request: None
+        self.after: AfterRule | None = None
         self.seen: list[tuple[ProxiedRequest, str]] = []  # (request, what happened)
         self._lock = threading.Lock()
         proxy = self
@@ -117,16 +160,10 @@ class S3Proxy:
         )
         length = int(headers.get("content-length") or 0)
         body = handler.rfile.read(length) if length else b""
+        request = replace(request, body=body)
         action = self.rule(request)
         if isinstance(action, Answer):
-            with self._lock:
-                self.seen.append((request, f"answered {action.status}"))
-            payload = action.body()
-            handler.send_response(action.status)
-            handler.send_header("Content-Type", "application/xml")
-            handler.send_header("Content-Length", str(len(payload)))
-            handler.end_headers()
-            handler.wfile.write(payload)
+            self._answer(handler, request, action)
             return
         upstream = http.client.HTTPConnection(*self.upstream, timeout=60)
         try:
@@ -140,6 +177,10 @@ class S3Proxy:
             payload = answer.read()
         finally:
             upstream.close()
+        replaced = self.after(request, answer.status) if self.after else None
+        if replaced is not None:
+            self._answer(handler, request, replaced)
+            return
         with self._lock:
             self.seen.append((request, action or str(answer.status)))
         if action == "lose_answer":
@@ -158,6 +199,21 @@ class S3Proxy:
         handler.end_headers()
         if handler.command != "HEAD":
             handler.wfile.write(payload)
+
+    def _answer(self, handler: BaseHTTPRequestHandler, request: ProxiedRequest, answer: Answer) -> None:
+        with self._lock:
+            self.seen.append((request, f"answered {answer.status}"))
+        payload = b"" if request.method == "HEAD" else answer.body()
+        handler.send_response(answer.status)
+        handler.send_header("Content-Type", "application/xml")
+        handler.send_header("Content-Length", str(len(payload)))
+        handler.end_headers()
+        handler.wfile.write(payload)
+
+    def requests(self, operation: str) -> list[ProxiedRequest]:
+        """The requests of one operation that reached the proxy, in order."""
+        with self._lock:
+            return [request for request, _ in self.seen if request.operation == operation]
 
     def start(self) -> S3Proxy:
         self._thread.start()

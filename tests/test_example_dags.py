@@ -462,10 +462,22 @@ def test_restore_dag_imports_the_object_and_waits_for_the_imported_backup(
     assert f"{url.scheme}://{url.netloc}" == s3_server
     assert url.path == f"/{s3_bucket}/{key}"
     query = parse_qs(url.query)
-    # Signed (query auth, as botocore presigns for this endpoint) for the operator's default 6 hours.
-    assert sorted(query) == ["AWSAccessKeyId", "Expires", "Signature"]
-    assert query["AWSAccessKeyId"] == ["testing"] and query["Signature"][0]
-    assert started + 6 * 3600 <= int(query["Expires"][0]) <= finished + 6 * 3600
+    # SigV4 query auth (S3 refuses SigV2 for SSE-KMS objects), for the operator's default 6 hours.
+    assert sorted(query) == [
+        "X-Amz-Algorithm",
+        "X-Amz-Credential",
+        "X-Amz-Date",
+        "X-Amz-Expires",
+        "X-Amz-Signature",
+        "X-Amz-SignedHeaders",
+    ]
+    assert query["X-Amz-Algorithm"] == ["AWS4-HMAC-SHA256"] and query["X-Amz-Signature"][0]
+    assert query["X-Amz-Credential"][0].startswith("testing/") and query["X-Amz-Credential"][0].endswith(
+        "/us-east-1/s3/aws4_request"
+    )
+    assert query["X-Amz-Expires"] == [str(6 * 3600)]
+    signed_at = datetime.strptime(query["X-Amz-Date"][0], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+    assert started - 1 <= signed_at.timestamp() <= finished + 1
     with urllib.request.urlopen(post.json["remote_url"], timeout=30) as response:
         assert response.read() == body
     assert xcom_value(dagrun, "import_from_s3") == "Your external backup queued for upload"

@@ -97,6 +97,11 @@ def check_prefix_template(template: str, field: str = "s3_key_prefix") -> None:
         raise Cloud66InputError(field, f"must not contain empty, '.' or '..' segments, got {template!r:.80}")
     if len(template) > 700:
         raise Cloud66InputError(field, "must be at most 700 characters")
+    if "backup_id" not in names:
+        raise Cloud66InputError(
+            field,
+            f"must contain {{backup_id}}, or two backups would be written to the same keys; got {template!r:.80}",
+        )
 
 
 def object_name(file_name: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
@@ -18,7 +19,7 @@ from airflow_provider_c66.hooks.cloud66 import Cloud66Hook
 from airflow_provider_c66.models import Backup, BackupFile
 from airflow_provider_c66.transfers import archive
 from airflow_provider_c66.transfers.archive import ArchivedObject
-from airflow_provider_c66.transfers.copy_engine import SourceChanged, s3_error_code
+from airflow_provider_c66.transfers.copy_engine import ObjectExists, SourceChanged, s3_error_code
 
 try:
     from airflow.providers.common.compat.sdk import AirflowException, AssetAlias, BaseOperator
@@ -33,6 +34,8 @@ MiB = 1024 * 1024
 DEFAULT_PART_SIZE = 8 * MiB
 DEFAULT_MAX_CONCURRENCY = 4
 DEFAULT_ASSET_ALIAS = "cloud66-backup-archives"
+LOCK_MODES = ("GOVERNANCE", "COMPLIANCE")
+MAX_RETAIN_DAYS = 100 * 365
 
 
 class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
@@ -69,6 +72,12 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
     :param max_concurrency: parts in flight at once.
     :param verify_backup_size: compare the files' total with the record's ``backup_size`` when that
         is above 0. Cloud 66 does not document its unit; set False if it ever counts other than bytes.
+    :param object_lock_mode: ``GOVERNANCE`` or ``COMPLIANCE``: every object of the archive and its
+        manifest is written under S3 Object Lock retention, so neither ransomware nor a mistake can
+        delete it before the date. The bucket must have Object Lock enabled (checked before any upload).
+    :param object_lock_retain_days: retention from the time of the copy, in days (with a mode).
+    :param object_lock_retain_until: or a fixed retention date (aware ``datetime`` or ISO 8601 string).
+    :param object_lock_legal_hold: also place a legal hold (no end date; lifted by someone allowed to).
     :param asset_alias: the ``AssetAlias`` each written object is announced under, so DAGs can be
         scheduled on fresh archives; None to announce nothing.
     :return: the ``s3://`` URIs of the archive's objects.
@@ -85,6 +94,9 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
         "server_side_encryption",
         "sse_kms_key_id",
         "tags",
+        "object_lock_mode",
+        "object_lock_retain_days",
+        "object_lock_retain_until",
     )
     ui_color = "#7fb2e5"
 
@@ -106,6 +118,10 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
         part_size: int = DEFAULT_PART_SIZE,
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         verify_backup_size: bool = True,
+        object_lock_mode: str | None = None,
+        object_lock_retain_days: int | None = None,
+        object_lock_retain_until: datetime | str | None = None,
+        object_lock_legal_hold: bool = False,
         asset_alias: str | None = DEFAULT_ASSET_ALIAS,
         **kwargs: Any,
     ) -> None:
@@ -127,6 +143,10 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
         self.part_size = part_size
         self.max_concurrency = max_concurrency
         self.verify_backup_size = verify_backup_size
+        self.object_lock_mode = object_lock_mode
+        self.object_lock_retain_days = object_lock_retain_days
+        self.object_lock_retain_until = object_lock_retain_until
+        self.object_lock_legal_hold = object_lock_legal_hold
         self.asset_alias = asset_alias
         # Made in execute(): an Event cannot be deep-copied, and Airflow deep-copies operators.
         self._cancel: threading.Event | None = None
@@ -173,8 +193,46 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
             extra["SSEKMSKeyId"] = validation.non_empty_str(self.sse_kms_key_id, "sse_kms_key_id")
         if self.tags:
             extra["Tagging"] = _tagging(self.tags)
+        extra.update(self._object_lock())
         settings = CopySettings(part_size=part_size, max_concurrency=concurrency)
         return stack, ident, bucket, settings, extra
+
+    def _object_lock(self) -> dict[str, Any]:
+        """The Object Lock arguments of every write, or {} when none is asked for."""
+        mode, days, until = self.object_lock_mode, self.object_lock_retain_days, self.object_lock_retain_until
+        hold = validation.flag(self.object_lock_legal_hold, "object_lock_legal_hold")
+        lock: dict[str, Any] = {"ObjectLockLegalHoldStatus": "ON"} if hold else {}
+        if mode in (None, ""):
+            if days is not None or until not in (None, ""):
+                raise Cloud66InputError(
+                    "object_lock_mode", "must be GOVERNANCE or COMPLIANCE when a retention is given"
+                )
+            return lock
+        if mode not in LOCK_MODES:
+            raise Cloud66InputError(
+                "object_lock_mode", f"must be one of {', '.join(LOCK_MODES)}, got {mode!r:.40}"
+            )
+        if (days is None) == (until in (None, "")):
+            raise Cloud66InputError(
+                "object_lock_retain_days",
+                "give exactly one of object_lock_retain_days and object_lock_retain_until",
+            )
+        now = datetime.now(timezone.utc)
+        if days is not None:
+            retain_until = now + timedelta(
+                days=validation.positive_int(days, "object_lock_retain_days", maximum=MAX_RETAIN_DAYS)
+            )
+        else:
+            retain_until = _aware_datetime(until, "object_lock_retain_until")
+            if retain_until <= now:
+                raise Cloud66InputError(
+                    "object_lock_retain_until", f"must be in the future, got {retain_until.isoformat()}"
+                )
+        return {
+            **lock,
+            "ObjectLockMode": mode,
+            "ObjectLockRetainUntilDate": retain_until.replace(microsecond=0),
+        }
 
     # --- run ------------------------------------------------------------------------------------
     def execute(self, context: Any) -> list[str]:
@@ -197,6 +255,8 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
             )
         plan = self._plan(prefix, files)
         client = self._s3_client(settings.max_concurrency)
+        if any(name.startswith("ObjectLock") for name in extra):
+            self._check_object_lock(client, bucket)
 
         existing = self._complete_archive(client, bucket, prefix, stack, ident, list(plan))
         if existing is not None:
@@ -205,13 +265,15 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
             )
             self._abort_leftover_uploads(client, bucket, list(plan))
             return self._announce(context, bucket, existing, backup, stack)
-        self._check_overwrite(client, bucket, prefix, stack, ident, list(plan))
+        taken = self._check_overwrite(client, bucket, prefix, stack, ident, list(plan))
 
         from airflow_provider_c66.transfers.copy_engine import CopyCancelled, CopyError
 
         expected = backup.backup_size if verify_size and backup.backup_size > 0 else None
         try:
-            objects = self._copy(hook, client, bucket, stack, ident, plan, settings, extra, files, expected)
+            objects = self._copy(
+                hook, client, bucket, stack, ident, plan, settings, extra, files, expected, taken
+            )
         except SourceChanged as exc:
             raise AirflowException(
                 f"Backup {ident} of stack {stack!r} is not settled: {exc}. Nothing was completed and no "
@@ -235,17 +297,16 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
             )
             self._abort_leftover_uploads(client, bucket, list(plan))
             return self._announce(context, bucket, done, backup, stack)
-        metadata = {archive.META_STACK: stack, archive.META_BACKUP: str(ident)}
-        manifest = archive.build_manifest(stack, backup, objects, joined=self.join_parts)
-        manifest_extra = {k: v for k, v in extra.items() if k in ("ServerSideEncryption", "SSEKMSKeyId")}
-        client.put_object(
-            Bucket=bucket,
-            Key=prefix + archive.MANIFEST_NAME,
-            Body=manifest,
-            ContentType="application/json",
-            Metadata=metadata,
-            **manifest_extra,
-        )
+        if not self._write_manifest(client, bucket, prefix, stack, backup, objects, extra, taken):
+            done = self._complete_archive(client, bucket, prefix, stack, ident, list(plan))
+            if done is None:
+                raise AirflowException(
+                    f"Another run wrote s3://{bucket}/{prefix}{archive.MANIFEST_NAME} while this one copied "
+                    f"backup {ident}, and it does not describe this archive; nothing was overwritten."
+                )
+            self.log.warning("Another run finished archiving backup %s first; using its manifest.", ident)
+            self._abort_leftover_uploads(client, bucket, list(plan))
+            return self._announce(context, bucket, done, backup, stack)
         self.log.info(
             "Archived backup %s of stack %r as %d object(s) under s3://%s/%s",
             ident,
@@ -269,6 +330,7 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
         extra: dict[str, Any],
         files: Sequence[BackupFile],
         expected_size: int | None,
+        taken: set[str],
     ) -> list[ArchivedObject]:
         from airflow_provider_c66.transfers.copy_engine import Source, copy_to_s3
 
@@ -302,6 +364,7 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
                 log=self.log,
                 expected_size=expected_size if self.join_parts else None,
                 before_complete=last_look if number == len(plan) else None,
+                if_none_match=key not in taken,
             )
             objects.append(
                 ArchivedObject(
@@ -316,6 +379,71 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
                 )
             )
         return objects
+
+    def _write_manifest(
+        self,
+        client: Any,
+        bucket: str,
+        prefix: str,
+        stack: str,
+        backup: Backup,
+        objects: Sequence[ArchivedObject],
+        extra: Mapping[str, Any],
+        taken: set[str],
+    ) -> bool:
+        """Write the manifest last, under the archive's encryption and lock; False when another run's
+        manifest took the key first (a conditional write answered 412)."""
+        from airflow_provider_c66.transfers.copy_engine import write_object
+
+        key = prefix + archive.MANIFEST_NAME
+        kept = (
+            "ServerSideEncryption",
+            "SSEKMSKeyId",
+            "ObjectLockMode",
+            "ObjectLockRetainUntilDate",
+            "ObjectLockLegalHoldStatus",
+        )
+        manifest_extra = {k: v for k, v in extra.items() if k in kept}
+        try:
+            write_object(
+                client,
+                bucket,
+                key,
+                archive.build_manifest(stack, backup, objects, joined=self.join_parts),
+                extra_args={
+                    **manifest_extra,
+                    "ContentType": "application/json",
+                    "Metadata": {archive.META_STACK: stack, archive.META_BACKUP: str(backup.id)},
+                },
+                if_none_match=key not in taken,
+                log=self.log,
+            )
+        except ObjectExists:
+            return False
+        return True
+
+    def _check_object_lock(self, client: Any, bucket: str) -> None:
+        """Object Lock asked for: the bucket must have it enabled, or nothing is uploaded."""
+        from botocore.exceptions import ClientError
+
+        try:
+            config = client.get_object_lock_configuration(Bucket=bucket).get("ObjectLockConfiguration") or {}
+        except ClientError as exc:
+            code = s3_error_code(exc)
+            if code == "AccessDenied":
+                raise AirflowException(
+                    f"Object Lock was asked for, but reading the lock configuration of bucket {bucket!r} was "
+                    "refused: the role needs s3:GetBucketObjectLockConfiguration. Nothing was uploaded."
+                ) from exc
+            if code != "ObjectLockConfigurationNotFoundError":
+                raise
+            config = {}
+        if config.get("ObjectLockEnabled") != "Enabled":
+            raise Cloud66InputError(
+                "object_lock_mode",
+                f"needs a bucket with Object Lock enabled; bucket {bucket!r} has none (it can only be enabled "
+                "on a versioned bucket). Nothing was uploaded",
+            )
 
     def _abort_leftover_uploads(self, client: Any, bucket: str, keys: list[str]) -> None:
         """Abort every open multipart upload on the archive's keys, once the archive is complete.
@@ -395,13 +523,19 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
 
     def _check_overwrite(
         self, client: Any, bucket: str, prefix: str, stack: str, ident: int, keys: list[str]
-    ) -> None:
-        """Refuse to overwrite objects this package did not write for this backup (unless replace)."""
-        if self.replace:
-            return
+    ) -> set[str]:
+        """Refuse to overwrite objects this package did not write for this backup (unless replace).
+
+        :return: the keys that hold an object now; the others are written only if still free
+            (``If-None-Match: *``), so two concurrent runs never overwrite each other.
+        """
+        taken: set[str] = set()
         for key in [*keys, prefix + archive.MANIFEST_NAME]:
             head = _head(client, bucket, key)
             if head is None:
+                continue
+            taken.add(key)
+            if self.replace:
                 continue
             meta = head.get("Metadata") or {}
             if meta.get(archive.META_STACK) == stack and meta.get(archive.META_BACKUP) == str(ident):
@@ -411,6 +545,7 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
                 f"s3://{bucket}/{key} already exists and is not part of a complete archive of backup {ident}; "
                 "set replace=True to overwrite it, or choose another s3_key_prefix."
             )
+        return taken
 
     def _announce(self, context: Any, bucket: str, keys: list[str], backup: Backup, stack: str) -> list[str]:
         uris = [archive.s3_uri(bucket, key) for key in keys]
@@ -444,6 +579,17 @@ def _tagging(tags: Mapping[str, str]) -> str:
             "tags", "allows at most 10 tags, keys of 1-128 and values of 0-256 characters"
         )
     return urlencode(dict(tags))
+
+
+def _aware_datetime(value: object, field: str) -> datetime:
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise Cloud66InputError(field, f"must be an ISO 8601 date-time, got {value!r:.40}") from None
+    if not isinstance(value, datetime) or value.tzinfo is None:
+        raise Cloud66InputError(field, f"must be a timezone-aware datetime, got {value!r:.40}")
+    return value.astimezone(timezone.utc)
 
 
 _MISSING = ("404", "NoSuchKey", "NotFound")

@@ -45,12 +45,15 @@ __all__ = [
     "CopyError",
     "CopyResult",
     "CopySettings",
+    "ObjectExists",
     "Source",
     "SourceChanged",
     "abort_stale_uploads",
     "choose_part_size",
     "copy_to_s3",
+    "flexible_checksums",
     "s3_error_code",
+    "write_object",
 ]
 
 logger = logging.getLogger(__name__)
@@ -74,8 +77,13 @@ EXTRA_ARGS = frozenset(
         "Tagging",
         "Metadata",
         "ContentType",
+        "ObjectLockMode",
+        "ObjectLockRetainUntilDate",
+        "ObjectLockLegalHoldStatus",
     }
 )
+# Answers to a conditional write (If-None-Match: *) that mean another write reached the key first.
+_CONDITION_LOST = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
 
 # requests' exceptions derive from OSError; reading ``resp.raw`` raises urllib3's and http.client's own.
 _TRANSPORT_ERRORS = (OSError, http.client.HTTPException, urllib3.exceptions.HTTPError)
@@ -97,6 +105,11 @@ class CopyError(Exception):
 
 class CopyCancelled(CopyError):
     """The cancel event was set (``on_kill``, SIGTERM): the upload was aborted."""
+
+
+class ObjectExists(CopyError):
+    """A conditional write found the key taken: another run wrote it while this copy ran. Nothing of
+    this copy was kept; the other run's object is untouched."""
 
 
 class SourceChanged(CopyError):
@@ -680,8 +693,225 @@ class _Uploaded:
 
     number: int
     etag: str
-    checksum: str
+    checksum: str | None  # the part's CRC32, when flexible checksums are sent
     data: bytearray
+
+
+def flexible_checksums(client: Any) -> bool:
+    """Whether the client sends ``x-amz-checksum-*`` headers: botocore's default, unless the user set
+    ``request_checksum_calculation="when_required"`` (client Config, the Amazon connection's
+    ``config_kwargs`` extra, or ``AWS_REQUEST_CHECKSUM_CALCULATION``) for a store that refuses them."""
+    mode = getattr(
+        getattr(getattr(client, "meta", None), "config", None), "request_checksum_calculation", None
+    )
+    return mode != "when_required"
+
+
+def _md5_b64(data: bytes | bytearray) -> str:
+    return base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode("ascii")
+
+
+class _Key:
+    """One destination key and the rules every write to it follows, shared by the archive's objects
+    and the manifest: a checksum S3 verifies on each body, the conditional write, the final check,
+    Object Lock actually applied, and clean-up of what this copy wrote and could not verify."""
+
+    def __init__(
+        self,
+        client: S3Client,
+        bucket: str,
+        key: str,
+        extra: Mapping[str, Any],
+        *,
+        if_none_match: bool,
+        log: logging.Logger,
+    ) -> None:
+        self.client, self.bucket, self.key, self.extra, self.log = client, bucket, key, dict(extra), log
+        self.target = f"s3://{bucket}/{key}"
+        self.flexible = flexible_checksums(client)
+        self.conditional = if_none_match
+
+    def integrity(self, data: bytes | bytearray) -> dict[str, str]:
+        """A checksum of one body that S3 checks before storing it: CRC32 where the store takes flexible
+        checksums, else Content-MD5, which every store takes. Object Lock writes require one of them."""
+        if not self.flexible:
+            return {"ContentMD5": _md5_b64(data)}
+        # The algorithm header too: AWS requires "Content-MD5 or x-amz-sdk-checksum-algorithm" on lock writes.
+        return {"ChecksumAlgorithm": "CRC32", "ChecksumCRC32": _crc32(data)}
+
+    def write(
+        self,
+        operation: str,
+        call: Callable[..., Any],
+        is_ours: Callable[[], dict[str, Any] | None],
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """PutObject or CompleteMultipartUpload, with ``If-None-Match: *`` when the key was free.
+
+        An answer that says the write did not happen because the key is taken (412, 409) or the upload
+        is gone (NoSuchUpload, after botocore resent a Complete whose answer was lost) is looked into:
+        the object at the key is accepted when it is this copy's, else :class:`ObjectExists`.
+        """
+        condition = {"IfNoneMatch": "*"} if self.conditional else {}
+        try:
+            return dict(self.s3(operation, call, **condition, **kwargs))
+        except CopyError as exc:
+            code = s3_error_code(exc.__cause__ or exc)
+            if condition and code == "NotImplemented":
+                self.log.warning(
+                    "%s: the store does not implement conditional writes (If-None-Match); writing without",
+                    self.target,
+                )
+                self.conditional = False
+                return dict(self.s3(operation, call, **kwargs))
+            if code not in _CONDITION_LOST and code != "NoSuchUpload":
+                raise
+            head = is_ours()
+            if head is not None:
+                self.log.warning(
+                    "%s: %s answered %s, but the object at the key is this copy's (size, checksum, metadata): "
+                    "its first answer was lost; accepting it",
+                    self.target,
+                    operation,
+                    code,
+                )
+                return head
+            if code in _CONDITION_LOST:
+                raise ObjectExists(
+                    f"{self.target}: another run wrote this key while this copy ran (S3 answered {code} to a "
+                    "conditional write); this copy kept nothing and the other object is untouched"
+                ) from exc
+            raise
+
+    def head_matches(self, size: int, crc: str | None, etag: str | None) -> dict[str, Any] | None:
+        """The object at the key, if it holds these bytes as far as S3's answer shows (else None)."""
+        try:
+            head = dict(self.client.head_object(Bucket=self.bucket, Key=self.key, ChecksumMode="ENABLED"))
+        except Exception:
+            return None
+        expected_meta: dict[str, str] = self.extra.get("Metadata") or {}
+        metadata = cast("dict[str, str]", head.get("Metadata") or {})
+        if head.get("ContentLength") != size or any(metadata.get(k) != v for k, v in expected_meta.items()):
+            return None
+        stored = head.get("ChecksumCRC32")
+        if crc and stored:
+            return head if stored in (crc, crc.rsplit("-", 1)[0]) else None  # some stores leave out "-N"
+        if etag and str(head.get("ETag", "")).strip('"') != etag:
+            return None
+        return head
+
+    def verify(self, size: int, version: str | None) -> None:
+        """HeadObject must show the size written, and the Object Lock asked for, before the write counts.
+
+        The latest version is read (``s3:GetObject``); only when another write has meanwhile put a newer
+        version on the key is this copy's version named, which AWS authorizes as ``s3:GetObjectVersion``.
+        """
+        head = self._head(version)
+        if head.get("ContentLength") != size:
+            self.discard(version)
+            raise CopyError(
+                f"{self.target}: S3 reports {head.get('ContentLength')} bytes after the upload, "
+                f"expected {size}; the object was deleted"
+            )
+        if not self._locked_as_asked(head):
+            self._apply_lock(version)
+            if not self._locked_as_asked(self._head(version)):
+                self.discard(version)
+                raise CopyError(
+                    f"{self.target}: the store does not apply Object Lock (HeadObject shows no such retention or "
+                    "legal hold even after PutObjectRetention/PutObjectLegalHold); the object was deleted, "
+                    "as it would not be protected"
+                )
+
+    def _head(self, version: str | None) -> dict[str, Any]:
+        head = dict(self.s3("HeadObject", self.client.head_object))
+        latest = head.get("VersionId")
+        if version and version != "null" and latest and latest != version:
+            head = dict(self.s3("HeadObject", self.client.head_object, VersionId=version))
+        return head
+
+    def _locked_as_asked(self, head: Mapping[str, Any]) -> bool:
+        mode, until = self.extra.get("ObjectLockMode"), self.extra.get("ObjectLockRetainUntilDate")
+        if mode and until is not None:
+            held_until = head.get("ObjectLockRetainUntilDate")
+            if (
+                head.get("ObjectLockMode") != mode
+                or held_until is None
+                or held_until < until - timedelta(seconds=1)
+            ):
+                return False
+        hold = self.extra.get("ObjectLockLegalHoldStatus")
+        return not hold or head.get("ObjectLockLegalHoldStatus") == hold
+
+    def _apply_lock(self, version: str | None) -> None:
+        """Some stores (and moto) drop lock parameters given to CreateMultipartUpload: set them afterwards."""
+        which: dict[str, Any] = {"VersionId": version} if version and version != "null" else {}
+        if self.extra.get("ObjectLockMode"):
+            retention = {
+                "Mode": self.extra["ObjectLockMode"],
+                "RetainUntilDate": self.extra["ObjectLockRetainUntilDate"],
+            }
+            self.s3("PutObjectRetention", self.client.put_object_retention, Retention=retention, **which)
+        if self.extra.get("ObjectLockLegalHoldStatus"):
+            hold = {"Status": self.extra["ObjectLockLegalHoldStatus"]}
+            self.s3("PutObjectLegalHold", self.client.put_object_legal_hold, LegalHold=hold, **which)
+        self.log.info(
+            "%s: the store did not apply the Object Lock given with the upload; set it afterwards",
+            self.target,
+        )
+
+    def discard(self, version: str | None) -> None:
+        """Delete this copy's version. Naming it needs ``s3:DeleteObjectVersion``; without that
+        permission a delete marker hides it, and S3 keeps the bad version as noncurrent."""
+        if version and version != "null":
+            try:
+                self.s3("DeleteObject", self.client.delete_object, VersionId=version)
+                return
+            except CopyError as exc:
+                if s3_error_code(exc.__cause__ or exc) != "AccessDenied":
+                    raise
+                self.log.warning(
+                    "%s: not allowed to delete version %s (s3:DeleteObjectVersion); a delete marker hides it",
+                    self.target,
+                    version,
+                )
+        self.s3("DeleteObject", self.client.delete_object)
+
+    def s3(self, operation: str, call: Callable[..., _T], **kwargs: Any) -> _T:
+        """Call an S3 operation on this key; any failure becomes a CopyError naming the key."""
+        try:
+            return call(Bucket=self.bucket, Key=self.key, **kwargs)
+        except Exception as exc:
+            raise CopyError(f"{self.target}: S3 {operation} failed: {exc}") from exc
+
+
+def write_object(
+    client: S3Client,
+    bucket: str,
+    key: str,
+    body: bytes,
+    *,
+    extra_args: Mapping[str, Any] | None = None,
+    if_none_match: bool = False,
+    log: logging.Logger | None = None,
+) -> None:
+    """Write a small object (the manifest) under the same rules as the archive: checksum, condition,
+    final check and Object Lock. :raises ObjectExists: the key was taken by another run."""
+    unknown = sorted(set(extra_args or {}) - EXTRA_ARGS)
+    if unknown:
+        raise ValueError(f"unsupported extra_args {unknown}; allowed: {sorted(EXTRA_ARGS)}")
+    dest = _Key(client, bucket, key, extra_args or {}, if_none_match=if_none_match, log=log or logger)
+    integrity = dest.integrity(body)
+    md5 = hashlib.md5(body, usedforsecurity=False).hexdigest()
+    answer = dest.write(
+        "PutObject",
+        client.put_object,
+        lambda: dest.head_matches(len(body), integrity.get("ChecksumCRC32"), md5),
+        Body=body,
+        **integrity,
+        **dest.extra,
+    )
+    dest.verify(len(body), answer.get("VersionId"))
 
 
 class _ArchiveCopy:
@@ -698,12 +928,14 @@ class _ArchiveCopy:
         coordinator: _Coordinator,
         progress: _Progress,
         log: logging.Logger,
+        if_none_match: bool = False,
     ) -> None:
         self.client, self.bucket, self.key, self.extra = client, bucket, key, extra_args
         self.settings, self.downloader, self.coordinator = settings, downloader, coordinator
         self.progress, self.log = progress, log
         self.target = f"s3://{bucket}/{key}"
         self.buffers = _PartBuffers(settings.max_concurrency)
+        self.dest = _Key(client, bucket, key, extra_args, if_none_match=if_none_match, log=log)
 
     def run(self, parts: Sequence[_Part], before_complete: Callable[[], None]) -> tuple[str, str]:
         """Upload and verify; return (ETag, SHA-256 hex). Nothing is left behind when this raises.
@@ -721,17 +953,23 @@ class _ArchiveCopy:
             etag, digest, version = self._put(parts[0], settle)
         else:
             etag, digest, version = self._multipart(parts, settle)
-        self._verify(sum(part.length for part in parts), version)
+        self.dest.verify(sum(part.length for part in parts), version)
         return etag.strip('"'), digest
 
     def _put(self, part: _Part, settle: Callable[[], None]) -> tuple[str, str, str | None]:
         data = self.buffers.take(part.length)
         try:
             self._fill(part, data)
-            checksum = _crc32(data)
+            integrity = self.dest.integrity(data)
+            md5 = base64.b64decode(integrity["ContentMD5"]).hex() if "ContentMD5" in integrity else None
             settle()
-            answer = self._s3(
-                "PutObject", self.client.put_object, Body=data, ChecksumCRC32=checksum, **self.extra
+            answer = self.dest.write(
+                "PutObject",
+                self.client.put_object,
+                lambda: self.dest.head_matches(part.length, integrity.get("ChecksumCRC32"), md5),
+                Body=data,
+                **integrity,
+                **self.extra,
             )
             return answer["ETag"], hashlib.sha256(data).hexdigest(), answer.get("VersionId")
         finally:
@@ -739,9 +977,8 @@ class _ArchiveCopy:
 
     def _multipart(self, parts: Sequence[_Part], settle: Callable[[], None]) -> tuple[str, str, str | None]:
         create = self.client.create_multipart_upload
-        upload_id = self._s3("CreateMultipartUpload", create, ChecksumAlgorithm="CRC32", **self.extra)[
-            "UploadId"
-        ]
+        algorithm = {"ChecksumAlgorithm": "CRC32"} if self.dest.flexible else {}
+        upload_id = self._s3("CreateMultipartUpload", create, **algorithm, **self.extra)["UploadId"]
         pool = ThreadPoolExecutor(self.settings.max_concurrency, thread_name_prefix="c66-copy")
         try:
             completed, digest = self._upload_parts(pool, upload_id, parts)
@@ -761,50 +998,20 @@ class _ArchiveCopy:
     def _complete(self, upload_id: str, completed: list[CompletedPartTypeDef], size: int) -> dict[str, Any]:
         """CompleteMultipartUpload; an answer lost on the way is recognised by the object it made.
 
-        When the answer to a Complete is lost, botocore sends it again and S3 says ``NoSuchUpload``:
-        the upload is gone because it completed. The object is then accepted if it is this copy's.
+        When the answer to a Complete is lost, botocore sends it again and S3 says ``NoSuchUpload``
+        (or, with the condition, ``PreconditionFailed``): the upload is gone because it completed.
+        The object is then accepted if it is this copy's.
         """
-        try:
-            return dict(
-                self._s3(
-                    "CompleteMultipartUpload",
-                    self.client.complete_multipart_upload,
-                    UploadId=upload_id,
-                    MultipartUpload={"Parts": completed},
-                )
-            )
-        except CopyError as exc:
-            if s3_error_code(exc.__cause__ or exc) != "NoSuchUpload":
-                raise
-            head = self._completed_object(completed, size)
-            if head is None:
-                raise
-            self.log.warning(
-                "%s: CompleteMultipartUpload answered NoSuchUpload, but the object is complete and "
-                "matches this copy (size, checksum, metadata): its first answer was lost; accepting it",
-                self.target,
-            )
-            return head
-
-    def _completed_object(self, completed: list[CompletedPartTypeDef], size: int) -> dict[str, Any] | None:
-        """The object at the key, if it is the one these parts make (else None)."""
-        try:
-            head = dict(self.client.head_object(Bucket=self.bucket, Key=self.key, ChecksumMode="ENABLED"))
-        except Exception:
-            return None
-        expected_meta: dict[str, str] = self.extra.get("Metadata") or {}
-        metadata = cast("dict[str, str]", head.get("Metadata") or {})
-        if head.get("ContentLength") != size or any(metadata.get(k) != v for k, v in expected_meta.items()):
-            return None
-        crc = head.get("ChecksumCRC32")
-        composite = _composite_crc32([part["ChecksumCRC32"] for part in completed])
-        if crc and crc not in (composite, composite.rsplit("-", 1)[0]):  # some stores leave out "-N"
-            return None
-        etag = str(head.get("ETag", "")).strip('"')
-        expected_etag = _multipart_etag([str(part["ETag"]) for part in completed])
-        if not crc and expected_etag and etag != expected_etag:
-            return None
-        return head
+        crcs = [part.get("ChecksumCRC32") for part in completed]
+        composite = _composite_crc32([c for c in crcs if c]) if all(crcs) else None
+        etag = _multipart_etag([str(part["ETag"]) for part in completed])
+        return self.dest.write(
+            "CompleteMultipartUpload",
+            self.client.complete_multipart_upload,
+            lambda: self.dest.head_matches(size, composite, etag),
+            UploadId=upload_id,
+            MultipartUpload={"Parts": completed},
+        )
 
     def _upload_parts(
         self, pool: ThreadPoolExecutor, upload_id: str, parts: Sequence[_Part]
@@ -836,13 +1043,16 @@ class _ArchiveCopy:
             digest.update(uploaded.data)
         finally:
             self.buffers.give_back(uploaded.data)
-        return {"PartNumber": uploaded.number, "ETag": uploaded.etag, "ChecksumCRC32": uploaded.checksum}
+        part: CompletedPartTypeDef = {"PartNumber": uploaded.number, "ETag": uploaded.etag}
+        if uploaded.checksum:
+            part["ChecksumCRC32"] = uploaded.checksum
+        return part
 
     def _upload_part(self, upload_id: str, part: _Part) -> _Uploaded:
         data = self.buffers.take(part.length)
         try:
             self._fill(part, data)
-            checksum = _crc32(data)
+            integrity = self.dest.integrity(data)
             self.coordinator.check()
             answer = self._s3(
                 f"UploadPart ({part.describe()})",
@@ -850,10 +1060,11 @@ class _ArchiveCopy:
                 UploadId=upload_id,
                 PartNumber=part.number,
                 Body=data,
-                ChecksumCRC32=checksum,
+                **integrity,
             )
+            checksum = integrity.get("ChecksumCRC32")
             echoed = answer.get("ChecksumCRC32")
-            if echoed and echoed != checksum:
+            if checksum and echoed and echoed != checksum:
                 raise CopyError(
                     f"{self.target}: S3 stored {part.describe()} with CRC32 {echoed}, sent {checksum}"
                 )
@@ -869,18 +1080,6 @@ class _ArchiveCopy:
             chunk = view[at : at + segment.length]
             self.downloader.fill(segment.source, segment.offset, chunk, self.progress.add)
             at += segment.length
-
-    def _verify(self, size: int, version: str | None) -> None:
-        """HeadObject must show the archive's size before the copy is reported done."""
-        # "null" is the version of an unversioned bucket's object: the latest one, so no need to name it.
-        which: dict[str, Any] = {"VersionId": version} if version and version != "null" else {}
-        head = self._s3("HeadObject", self.client.head_object, **which)
-        if head.get("ContentLength") != size:
-            self._s3("DeleteObject", self.client.delete_object, **which)
-            raise CopyError(
-                f"{self.target}: S3 reports {head.get('ContentLength')} bytes after the upload, "
-                f"expected {size}; the object was deleted"
-            )
 
     def _abort(self, upload_id: str, *, quiet: bool = False) -> None:
         try:
@@ -899,11 +1098,7 @@ class _ArchiveCopy:
             )
 
     def _s3(self, operation: str, call: Callable[..., _T], **kwargs: Any) -> _T:
-        """Call an S3 operation on this key; any failure becomes a CopyError naming the key."""
-        try:
-            return call(Bucket=self.bucket, Key=self.key, **kwargs)
-        except Exception as exc:
-            raise CopyError(f"{self.target}: S3 {operation} failed: {exc}") from exc
+        return self.dest.s3(operation, call, **kwargs)
 
 
 def s3_error_code(exc: BaseException) -> str | None:
@@ -947,6 +1142,7 @@ def copy_to_s3(
     log: logging.Logger | None = None,
     expected_size: int | None = None,
     before_complete: Callable[[Sequence[int]], None] | None = None,
+    if_none_match: bool = False,
 ) -> CopyResult:
     """Copy ``sources``, concatenated in order, to ``s3://bucket/key``; all or nothing.
 
@@ -961,6 +1157,9 @@ def copy_to_s3(
     :param before_complete: called with the sources' sizes once every byte is uploaded, after the
         sources were probed again and found unchanged, and before the object can appear; what it
         raises aborts the copy (the caller's last look at the source, e.g. its file list).
+    :param if_none_match: the key was free when the caller looked: write with ``If-None-Match: *`` so
+        that a concurrent run's object is never overwritten (stores that answer 501 get a plain write).
+    :raises ObjectExists: another run wrote the key meanwhile; nothing of this copy is left.
     :raises SourceChanged: the sources changed during the copy or disagree with ``expected_size``.
     :raises CopyError: the copy failed; no object and no multipart upload were left behind.
     """
@@ -995,7 +1194,16 @@ def copy_to_s3(
             settings.max_concurrency,
         )
         copy = _ArchiveCopy(
-            client, bucket, key, dict(extra_args or {}), settings, downloader, coordinator, progress, log
+            client,
+            bucket,
+            key,
+            dict(extra_args or {}),
+            settings,
+            downloader,
+            coordinator,
+            progress,
+            log,
+            if_none_match,
         )
         etag, digest = copy.run(parts, lambda: before_complete(sizes) if before_complete else None)
     except CopyCancelled:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
-from urllib.parse import urlsplit
+from datetime import datetime, timezone
+from typing import Any, Literal
+from urllib.parse import parse_qsl, urlsplit
 
 from airflow_provider_c66 import validation
 from airflow_provider_c66.exceptions import Cloud66InputError
@@ -19,13 +20,23 @@ except ImportError:  # pragma: no cover
 
 MIN_EXPIRY = 300
 MAX_EXPIRY = 7 * 24 * 3600  # S3's limit for a presigned URL
+# Objects in these classes cannot be read until restored (GLACIER_IR can: it is instant retrieval).
+ARCHIVED_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
+_MISSING = frozenset({"404", "NoSuchKey", "NotFound", "NoSuchBucket"})
+# Query parameters of a presigned URL that grant access: masked in every log line.
+_SECRET_PARAMS = frozenset({"Signature", "X-Amz-Signature", "X-Amz-Security-Token", "x-amz-security-token"})
 
 
 class S3ToCloud66ImportOperator(BaseOperator):  # type: ignore[misc]
     """Import a backup archived in S3 into a Cloud 66 stack.
 
     The object is presigned (a GET URL valid for ``expires_in`` seconds) and handed to Cloud 66's
-    import call, which downloads it. The object must exist before anything is sent to Cloud 66.
+    import call, which downloads it. The URL is SigV4 (S3 refuses SigV2 for SSE-KMS objects), signed
+    for the bucket's own region and virtual-hosted where the name allows (a path-style global URL
+    answers 301 outside us-east-1). Before anything is sent to Cloud 66 the object must exist and be
+    readable (not in GLACIER or DEEP_ARCHIVE without a completed restore), and the signing credentials
+    must outlive the URL: a URL signed with a session token dies with the token, so ``expires_in`` is
+    shortened to the credentials' remaining lifetime, and refused below ``MIN_EXPIRY`` seconds.
 
     :param s3_bucket: the bucket holding the archive.
     :param s3_key: the archive object's key (for example the first URI the archive operator returned).
@@ -86,14 +97,19 @@ class S3ToCloud66ImportOperator(BaseOperator):  # type: ignore[misc]
             raise Cloud66InputError("expires_in", f"must be at least {MIN_EXPIRY} seconds, got {expires}")
 
         s3 = S3Hook(aws_conn_id=self.aws_conn_id)
-        if not s3.check_for_key(key, bucket_name=bucket):
-            raise AirflowException(f"s3://{bucket}/{key} does not exist; nothing was sent to Cloud 66.")
-        url = s3.generate_presigned_url(
-            client_method="get_object", params={"Bucket": bucket, "Key": key}, expires_in=expires
+        client = self._signing_client(s3, bucket)
+        self._check_readable(client, bucket, key)
+        expires = self._bounded_expiry(client, expires)
+        url = client.generate_presigned_url(
+            ClientMethod="get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=expires
         )
         if not url:
             raise AirflowException(f"Could not presign s3://{bucket}/{key}")
-        mask_credential(urlsplit(url).query)
+        query = urlsplit(url).query
+        mask_credential(query)
+        for name, value in parse_qsl(query):
+            if name in _SECRET_PARAMS:
+                mask_credential(value)
         message = Cloud66Hook(self.cloud66_conn_id).import_backup(
             stack, group=group, db_type=db_type, remote_url=url
         )
@@ -101,6 +117,84 @@ class S3ToCloud66ImportOperator(BaseOperator):  # type: ignore[misc]
             "Cloud 66 accepted the import of s3://%s/%s into stack %r: %s", bucket, key, stack, message
         )
         return message
+
+    def _signing_client(self, s3: Any, bucket: str) -> Any:
+        """An S3 client that presigns SigV4 for the bucket's region, over the connection's own settings."""
+        from botocore.config import Config
+
+        endpoint = s3.conn_config.get_service_endpoint_url("s3")
+        region = self._bucket_region(s3, bucket)
+        base = s3.config
+        # The connection's own s3 options (accelerate, dual-stack...) stay; only the style is set.
+        s3_options: Any = {**(base.s3 or {}), "addressing_style": addressing_style(bucket, endpoint)}
+        config = base.merge(Config(signature_version="s3v4", s3=s3_options))
+        return s3.get_client_type(region_name=region, config=config)
+
+    def _bucket_region(self, s3: Any, bucket: str) -> str | None:
+        """The bucket's region (a SigV4 URL signed for another region is refused); else the connection's."""
+        from botocore.exceptions import ClientError
+
+        try:
+            location = s3.get_conn().get_bucket_location(Bucket=bucket).get("LocationConstraint")
+        except ClientError as exc:
+            code = _error_code(exc)
+            if code in _MISSING:
+                raise AirflowException(
+                    f"Bucket {bucket!r} does not exist; nothing was sent to Cloud 66."
+                ) from None
+            if code != "AccessDenied":
+                raise
+            region: str | None = s3.conn_config.region_name
+            self.log.warning(
+                "s3:GetBucketLocation on %r was refused, so the URL is signed for the connection's region "
+                "%r; if the bucket lives elsewhere S3 will refuse it. Allow s3:GetBucketLocation.",
+                bucket,
+                region,
+            )
+            return region
+        return bucket_region(location)
+
+    def _check_readable(self, client: Any, bucket: str, key: str) -> None:
+        """Refuse a missing or archived object here, rather than let Cloud 66's download fail later."""
+        from botocore.exceptions import ClientError
+
+        try:
+            head = client.head_object(Bucket=bucket, Key=key)
+        except ClientError as exc:
+            if _error_code(exc) in _MISSING:
+                raise AirflowException(
+                    f"s3://{bucket}/{key} does not exist; nothing was sent to Cloud 66."
+                ) from None
+            raise
+        storage_class = head.get("StorageClass")
+        if storage_class in ARCHIVED_CLASSES and 'ongoing-request="false"' not in (head.get("Restore") or ""):
+            raise AirflowException(
+                f"s3://{bucket}/{key} is in the {storage_class} storage class and has no completed "
+                "restore, so it cannot be downloaded; restore it first (S3 RestoreObject) and retry. "
+                "Nothing was sent to Cloud 66."
+            )
+
+    def _bounded_expiry(self, client: Any, expires: int) -> int:
+        """``expires`` or less: a URL signed with a session token stops working when the token expires."""
+        expiry = credential_expiry(client)
+        if expiry is None:
+            return expires
+        remaining = int((expiry - datetime.now(timezone.utc)).total_seconds())
+        if remaining >= expires:
+            return expires
+        if remaining < MIN_EXPIRY:
+            raise AirflowException(
+                f"The AWS credentials expire in {max(remaining, 0)} s, under the {MIN_EXPIRY} s minimum, "
+                "and a URL signed with them dies with them; use longer-lived credentials. "
+                "Nothing was sent to Cloud 66."
+            )
+        self.log.warning(
+            "The presigned URL expires in %d s instead of %d s: the AWS credentials signing it are "
+            "temporary and expire then, and a URL signed with a session token dies with the token.",
+            remaining,
+            expires,
+        )
+        return remaining
 
     def _key(self) -> str:
         key = self.s3_key
@@ -111,3 +205,38 @@ class S3ToCloud66ImportOperator(BaseOperator):  # type: ignore[misc]
         if any(part in (".", "..") for part in key.split("/")):
             raise Cloud66InputError("s3_key", f"must not contain '.' or '..' segments, got {key!r:.80}")
         return key
+
+
+def bucket_region(location: str | None) -> str:
+    """GetBucketLocation's answer as a region: none means us-east-1, and the legacy "EU" eu-west-1."""
+    if not location:
+        return "us-east-1"
+    return "eu-west-1" if location == "EU" else location
+
+
+def addressing_style(bucket: str, endpoint_url: str | None) -> Literal["virtual", "path"]:
+    """Virtual-hosted on AWS where the name is a DNS label, else path (custom endpoints, dotted names).
+
+    AWS's path-style global URLs answer 301 outside us-east-1; a dotted name breaks the TLS wildcard
+    certificate of a virtual-hosted URL; a custom endpoint (a local server) serves path style.
+    """
+    from botocore.utils import check_dns_name
+
+    if endpoint_url or "." in bucket or not check_dns_name(bucket):
+        return "path"
+    return "virtual"
+
+
+def credential_expiry(client: Any) -> datetime | None:
+    """When the client's signing credentials expire; None for static keys, which never do."""
+    credentials = getattr(getattr(client, "_request_signer", None), "_credentials", None)
+    if credentials is None:
+        return None
+    credentials.get_frozen_credentials()  # refreshes temporary credentials that are due
+    expiry = getattr(credentials, "_expiry_time", None)
+    return expiry if isinstance(expiry, datetime) else None
+
+
+def _error_code(exc: Any) -> str | None:
+    error = getattr(exc, "response", {}).get("Error", {})
+    return str(error["Code"]) if "Code" in error else None
