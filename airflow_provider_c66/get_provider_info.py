@@ -35,7 +35,13 @@ def get_provider_info() -> dict[str, Any]:
             {"integration-name": "Cloud 66", "python-modules": ["airflow_provider_c66.hooks.cloud66"]},
         ],
         "operators": [
-            {"integration-name": "Cloud 66", "python-modules": ["airflow_provider_c66.operators.backups"]},
+            {
+                "integration-name": "Cloud 66",
+                "python-modules": [
+                    "airflow_provider_c66.operators.backups",
+                    "airflow_provider_c66.transfers.verify_archive",
+                ],
+            },
         ],
         "sensors": [
             {"integration-name": "Cloud 66", "python-modules": ["airflow_provider_c66.sensors.backups"]},

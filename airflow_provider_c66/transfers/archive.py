@@ -122,6 +122,8 @@ class ArchivedObject:
     etag: str
     sha256: str
     sources: tuple[tuple[str, str, int], ...]  # (file id, file name, size)
+    crc32: str | None = None  # the whole object's CRC32, base64 as S3 writes it
+    s3_checksum: str | None = None  # what S3 stored, e.g. "CRC32 hvthyA== FULL_OBJECT"; None if nothing
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -129,6 +131,8 @@ class ArchivedObject:
             "size": self.size,
             "etag": self.etag,
             "sha256": self.sha256,
+            "crc32": self.crc32,
+            "s3_checksum": self.s3_checksum,
             "sources": [{"file_id": fid, "name": name, "size": size} for fid, name, size in self.sources],
         }
 

@@ -376,6 +376,8 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
                         (f.id, f.name, size)
                         for f, (_, size) in zip(members, result.source_sizes, strict=True)
                     ),
+                    crc32=result.crc32,
+                    s3_checksum=result.s3_checksum,
                 )
             )
         return objects

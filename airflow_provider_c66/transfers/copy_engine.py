@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from mypy_boto3_s3.type_defs import CompletedPartTypeDef
 
 __all__ = [
+    "ArchiveDigest",
     "CopyCancelled",
     "CopyError",
     "CopyResult",
@@ -53,6 +54,7 @@ __all__ = [
     "copy_to_s3",
     "flexible_checksums",
     "s3_error_code",
+    "stored_checksum",
     "write_object",
 ]
 
@@ -178,6 +180,8 @@ class CopyResult:
     sha256: str
     parts: int
     source_sizes: tuple[tuple[str, int], ...]  # (file_id, size) in archive order
+    crc32: str = ""  # the whole archive's CRC32 (base64, as S3 writes it), computed in order
+    s3_checksum: str | None = None  # the checksum S3 stored and reports, e.g. "CRC32 hvthyA== FULL_OBJECT"
 
 
 def choose_part_size(total: int, requested: int) -> int:
@@ -697,6 +701,38 @@ class _Uploaded:
     data: bytearray
 
 
+class ArchiveDigest:
+    """SHA-256 and CRC32 of an archive, fed in order (the same bytes a reader gets back)."""
+
+    def __init__(self) -> None:
+        self._sha256 = hashlib.sha256()
+        self._crc = 0
+        self.size = 0
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        self._sha256.update(data)
+        self._crc = zlib.crc32(data, self._crc)
+        self.size += len(data)
+
+    @property
+    def sha256(self) -> str:
+        return self._sha256.hexdigest()
+
+    @property
+    def crc32(self) -> str:
+        """Base64 of the big-endian CRC-32, as S3's ``ChecksumCRC32``."""
+        return base64.b64encode(self._crc.to_bytes(4, "big")).decode("ascii")
+
+
+def stored_checksum(head: Mapping[str, Any]) -> str | None:
+    """What a HeadObject with ``ChecksumMode=ENABLED`` says S3 stored: "CRC32 <value> <type>"."""
+    for algorithm in ("CRC64NVME", "CRC32", "CRC32C", "SHA256", "SHA1"):
+        value = head.get(f"Checksum{algorithm}")
+        if value:
+            return f"{algorithm} {value} {head.get('ChecksumType') or ('COMPOSITE' if '-' in value else 'FULL_OBJECT')}"
+    return None
+
+
 def flexible_checksums(client: Any) -> bool:
     """Whether the client sends ``x-amz-checksum-*`` headers: botocore's default, unless the user set
     ``request_checksum_calculation="when_required"`` (client Config, the Amazon connection's
@@ -785,8 +821,9 @@ class _Key:
 
     def head_matches(self, size: int, crc: str | None, etag: str | None) -> dict[str, Any] | None:
         """The object at the key, if it holds these bytes as far as S3's answer shows (else None)."""
+        mode: dict[str, Any] = {"ChecksumMode": "ENABLED"} if self.flexible else {}
         try:
-            head = dict(self.client.head_object(Bucket=self.bucket, Key=self.key, ChecksumMode="ENABLED"))
+            head = dict(self.client.head_object(Bucket=self.bucket, Key=self.key, **mode))
         except Exception:
             return None
         expected_meta: dict[str, str] = self.extra.get("Metadata") or {}
@@ -800,7 +837,7 @@ class _Key:
             return None
         return head
 
-    def verify(self, size: int, version: str | None) -> None:
+    def verify(self, size: int, version: str | None) -> dict[str, Any]:
         """HeadObject must show the size written, and the Object Lock asked for, before the write counts.
 
         The latest version is read (``s3:GetObject``); only when another write has meanwhile put a newer
@@ -822,12 +859,14 @@ class _Key:
                     "legal hold even after PutObjectRetention/PutObjectLegalHold); the object was deleted, "
                     "as it would not be protected"
                 )
+        return head
 
     def _head(self, version: str | None) -> dict[str, Any]:
-        head = dict(self.s3("HeadObject", self.client.head_object))
+        mode: dict[str, Any] = {"ChecksumMode": "ENABLED"} if self.flexible else {}
+        head = dict(self.s3("HeadObject", self.client.head_object, **mode))
         latest = head.get("VersionId")
         if version and version != "null" and latest and latest != version:
-            head = dict(self.s3("HeadObject", self.client.head_object, VersionId=version))
+            head = dict(self.s3("HeadObject", self.client.head_object, VersionId=version, **mode))
         return head
 
     def _locked_as_asked(self, head: Mapping[str, Any]) -> bool:
@@ -937,8 +976,11 @@ class _ArchiveCopy:
         self.buffers = _PartBuffers(settings.max_concurrency)
         self.dest = _Key(client, bucket, key, extra_args, if_none_match=if_none_match, log=log)
 
-    def run(self, parts: Sequence[_Part], before_complete: Callable[[], None]) -> tuple[str, str]:
-        """Upload and verify; return (ETag, SHA-256 hex). Nothing is left behind when this raises.
+    def run(
+        self, parts: Sequence[_Part], before_complete: Callable[[], None]
+    ) -> tuple[str, ArchiveDigest, str | None]:
+        """Upload and verify; return (ETag, the archive's digest, the checksum S3 stored). Nothing is
+        left behind when this raises.
 
         ``before_complete`` runs once every byte is uploaded and before the object can appear: the
         sources are probed again first, so a file still being written never completes an object.
@@ -953,10 +995,10 @@ class _ArchiveCopy:
             etag, digest, version = self._put(parts[0], settle)
         else:
             etag, digest, version = self._multipart(parts, settle)
-        self.dest.verify(sum(part.length for part in parts), version)
-        return etag.strip('"'), digest
+        head = self.dest.verify(sum(part.length for part in parts), version)
+        return etag.strip('"'), digest, stored_checksum(head)
 
-    def _put(self, part: _Part, settle: Callable[[], None]) -> tuple[str, str, str | None]:
+    def _put(self, part: _Part, settle: Callable[[], None]) -> tuple[str, ArchiveDigest, str | None]:
         data = self.buffers.take(part.length)
         try:
             self._fill(part, data)
@@ -971,19 +1013,21 @@ class _ArchiveCopy:
                 **integrity,
                 **self.extra,
             )
-            return answer["ETag"], hashlib.sha256(data).hexdigest(), answer.get("VersionId")
+            digest = ArchiveDigest()
+            digest.update(data)
+            return answer["ETag"], digest, answer.get("VersionId")
         finally:
             self.buffers.give_back(data)
 
-    def _multipart(self, parts: Sequence[_Part], settle: Callable[[], None]) -> tuple[str, str, str | None]:
-        create = self.client.create_multipart_upload
-        algorithm = {"ChecksumAlgorithm": "CRC32"} if self.dest.flexible else {}
-        upload_id = self._s3("CreateMultipartUpload", create, **algorithm, **self.extra)["UploadId"]
+    def _multipart(
+        self, parts: Sequence[_Part], settle: Callable[[], None]
+    ) -> tuple[str, ArchiveDigest, str | None]:
+        upload_id, full_object = self._create()
         pool = ThreadPoolExecutor(self.settings.max_concurrency, thread_name_prefix="c66-copy")
         try:
             completed, digest = self._upload_parts(pool, upload_id, parts)
             settle()
-            answer = self._complete(upload_id, completed, sum(part.length for part in parts))
+            answer = self._complete(upload_id, completed, digest, full_object)
         except BaseException:
             # Abort at once, without waiting for the workers: one may be stuck in a read or an API
             # call, and a kill must not outlast Airflow's grace period. Once they have stopped, abort
@@ -995,7 +1039,39 @@ class _ArchiveCopy:
         pool.shutdown(wait=True)
         return answer.get("ETag", ""), digest, answer.get("VersionId")
 
-    def _complete(self, upload_id: str, completed: list[CompletedPartTypeDef], size: int) -> dict[str, Any]:
+    def _create(self) -> tuple[str, bool]:
+        """CreateMultipartUpload; True when S3 keeps a full-object CRC32 (``ChecksumType=FULL_OBJECT``).
+
+        S3 then checks the whole object's CRC32 at completion and clients (``aws s3 cp``, boto3) check
+        it on download. The CRC is computed in order alongside the SHA-256, so no extra pass is needed.
+        A store that does not know the type either refuses it (asked again without) or does not echo
+        it back (the composite checksum stays).
+        """
+        create = self.client.create_multipart_upload
+        if not self.dest.flexible:
+            return self._s3("CreateMultipartUpload", create, **self.extra)["UploadId"], False
+        try:
+            answer = self._s3(
+                "CreateMultipartUpload",
+                create,
+                ChecksumAlgorithm="CRC32",
+                ChecksumType="FULL_OBJECT",
+                **self.extra,
+            )
+        except CopyError as exc:
+            if s3_error_code(exc.__cause__ or exc) not in (
+                "NotImplemented",
+                "InvalidArgument",
+                "InvalidRequest",
+            ):
+                raise
+            self.log.info("%s: the store refuses full-object checksums; using per-part ones", self.target)
+            answer = self._s3("CreateMultipartUpload", create, ChecksumAlgorithm="CRC32", **self.extra)
+        return answer["UploadId"], answer.get("ChecksumType") == "FULL_OBJECT"
+
+    def _complete(
+        self, upload_id: str, completed: list[CompletedPartTypeDef], digest: ArchiveDigest, full_object: bool
+    ) -> dict[str, Any]:
         """CompleteMultipartUpload; an answer lost on the way is recognised by the object it made.
 
         When the answer to a Complete is lost, botocore sends it again and S3 says ``NoSuchUpload``
@@ -1003,21 +1079,26 @@ class _ArchiveCopy:
         The object is then accepted if it is this copy's.
         """
         crcs = [part.get("ChecksumCRC32") for part in completed]
-        composite = _composite_crc32([c for c in crcs if c]) if all(crcs) else None
+        expected = _composite_crc32([c for c in crcs if c]) if all(crcs) else None
+        whole: dict[str, str] = {}
+        if full_object:
+            expected = digest.crc32
+            whole = {"ChecksumCRC32": digest.crc32, "ChecksumType": "FULL_OBJECT"}
         etag = _multipart_etag([str(part["ETag"]) for part in completed])
         return self.dest.write(
             "CompleteMultipartUpload",
             self.client.complete_multipart_upload,
-            lambda: self.dest.head_matches(size, composite, etag),
+            lambda: self.dest.head_matches(digest.size, expected, etag),
             UploadId=upload_id,
             MultipartUpload={"Parts": completed},
+            **whole,
         )
 
     def _upload_parts(
         self, pool: ThreadPoolExecutor, upload_id: str, parts: Sequence[_Part]
-    ) -> tuple[list[CompletedPartTypeDef], str]:
+    ) -> tuple[list[CompletedPartTypeDef], ArchiveDigest]:
         """Keep at most ``max_concurrency`` parts in flight; collect them in order to hash the archive."""
-        digest = hashlib.sha256()
+        digest = ArchiveDigest()
         completed: list[CompletedPartTypeDef] = []
         window: deque[Future[_Uploaded]] = deque()
         try:
@@ -1031,9 +1112,9 @@ class _ArchiveCopy:
         except BaseException as exc:
             self.coordinator.fail(exc)  # running workers stop at their next read
             raise
-        return completed, digest.hexdigest()
+        return completed, digest
 
-    def _collect(self, future: Future[_Uploaded], digest: hashlib._Hash) -> CompletedPartTypeDef:
+    def _collect(self, future: Future[_Uploaded], digest: ArchiveDigest) -> CompletedPartTypeDef:
         while not wait([future], timeout=_POLL).done:
             self.coordinator.check_main()  # a later part's failure or a cancel need not wait for this one
         if future.exception() is not None:
@@ -1205,7 +1286,9 @@ def copy_to_s3(
             log,
             if_none_match,
         )
-        etag, digest = copy.run(parts, lambda: before_complete(sizes) if before_complete else None)
+        etag, digest, s3_checksum = copy.run(
+            parts, lambda: before_complete(sizes) if before_complete else None
+        )
     except CopyCancelled:
         raise CopyCancelled(
             f"{target}: cancelled after {_mib(progress.done)}; nothing was left in S3"
@@ -1219,7 +1302,17 @@ def copy_to_s3(
         target,
         elapsed,
         total / MiB / max(elapsed, 1e-9),
-        digest,
+        digest.sha256,
     )
     ids = tuple(source.file_id for source in sources)
-    return CopyResult(bucket, key, total, etag, digest, len(parts), tuple(zip(ids, sizes, strict=True)))
+    return CopyResult(
+        bucket,
+        key,
+        total,
+        etag,
+        digest.sha256,
+        len(parts),
+        tuple(zip(ids, sizes, strict=True)),
+        digest.crc32,
+        s3_checksum,
+    )
