@@ -415,3 +415,29 @@ def test_a_store_without_conditional_writes_gets_a_plain_write(
     ]
     assert completes == [(True, "answered 501"), (False, "200")]
     assert "does not implement conditional writes" in capsys.readouterr().out
+
+
+def test_discarding_a_version_without_delete_object_version_leaves_a_delete_marker() -> None:
+    """AWS: DeleteObject with ``versionId`` is ``s3:DeleteObjectVersion``, which the README's policy
+    does not grant; the copy's own bad version is then hidden by a delete marker instead."""
+    import logging
+
+    from botocore.exceptions import ClientError
+
+    from airflow_provider_c66.transfers.copy_engine import _Key
+
+    calls: list[dict[str, Any]] = []
+
+    class Client:
+        def delete_object(self, **kwargs: Any) -> dict[str, Any]:
+            calls.append(kwargs)
+            if "VersionId" in kwargs:
+                raise ClientError({"Error": {"Code": "AccessDenied", "Message": "no"}}, "DeleteObject")
+            return {"DeleteMarker": True}
+
+    key = _Key(Client(), "b", "k", {}, if_none_match=False, log=logging.getLogger("test"))  # type: ignore[arg-type]
+    key.discard("v1")
+    assert calls == [{"Bucket": "b", "Key": "k", "VersionId": "v1"}, {"Bucket": "b", "Key": "k"}]
+    calls.clear()
+    key.discard("null")
+    assert calls == [{"Bucket": "b", "Key": "k"}], "an unversioned bucket's object is deleted plainly"

@@ -725,11 +725,17 @@ class ArchiveDigest:
 
 
 def stored_checksum(head: Mapping[str, Any]) -> str | None:
-    """What a HeadObject with ``ChecksumMode=ENABLED`` says S3 stored: "CRC32 <value> <type>"."""
+    """What a HeadObject with ``ChecksumMode=ENABLED`` says S3 stored: "CRC32 <value> <type>".
+
+    The type is the one S3 states (``FULL_OBJECT`` or ``COMPOSITE``); a composite value without a
+    stated type shows by its "-N"; anything else is ``UNTYPED`` and is not taken for a whole-object
+    checksum (older stores answer with a value of unknown meaning).
+    """
     for algorithm in ("CRC64NVME", "CRC32", "CRC32C", "SHA256", "SHA1"):
         value = head.get(f"Checksum{algorithm}")
         if value:
-            return f"{algorithm} {value} {head.get('ChecksumType') or ('COMPOSITE' if '-' in value else 'FULL_OBJECT')}"
+            kind = head.get("ChecksumType") or ("COMPOSITE" if "-" in str(value) else "UNTYPED")
+            return f"{algorithm} {value} {kind}"
     return None
 
 

@@ -99,7 +99,7 @@ class Cloud66ArchiveVerifyOperator(BaseOperator):  # type: ignore[misc]
 
     def _check(self, client: Any, bucket: str, entry: Mapping[str, Any]) -> tuple[str | None, list[str]]:
         """(SHA-256 read back, or None if unreadable; what differs from the manifest)."""
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import ClientError, FlexibleChecksumError
 
         key = str(entry.get("key"))
         try:
@@ -113,6 +113,8 @@ class Cloud66ArchiveVerifyOperator(BaseOperator):  # type: ignore[misc]
             if s3_error_code(exc) in _MISSING:
                 return None, ["missing"]
             return None, [f"could not be read: {exc}"]
+        except FlexibleChecksumError as exc:  # botocore checked S3's checksum of the bytes as they came
+            return None, [f"the bytes read back do not match the checksum S3 sent with them ({exc})"]
         problems = []
         for name, recorded, read_back in (
             ("size", entry.get("size"), digest.size),
