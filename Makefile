@@ -9,7 +9,7 @@ FLOOR_INDEX = --exclude-newer $(FLOOR_DATE) --exclude-newer-package apache-airfl
 VENV ?= .venv
 FLOOR_VENV ?= .venv-floor
 
-.PHONY: test test-newest test-floor lint demo bench test-deployment clean
+.PHONY: test test-newest test-floor lint demo bench test-deployment test-s3-compat test-s3-nanio test-s3-radosgw clean
 
 test: lint test-newest test-floor ## lint, types, then the suite on the newest and the oldest supported Airflow
 
@@ -54,6 +54,38 @@ bench: $(VENV)/.installed-$(AIRFLOW_VERSION)
 test-deployment: $(VENV)/.installed-$(AIRFLOW_VERSION)
 	$(VENV)/bin/uv pip install -q -p $(VENV)/bin/python 'psycopg2-binary>=2.9' 'asyncpg>=0.29'
 	$(VENV)/bin/python deploy/run_deployment_test.py
+
+# The S3 tests again, against other implementations than moto: nanio (the bench extra), then Ceph's S3
+# gateway on a throw-away single-node cluster (scripts/radosgw.sh), installed from Debian's packages when
+# missing and running as root. Tests needing what a server lacks are skipped with the reason
+# (SERVER_LIMITS in tests/s3_fixtures.py). Both servers run even when the first fails.
+S3_COMPAT_SERVERS ?= nanio radosgw
+S3_COMPAT_TESTS ?= tests/test_copy_engine.py tests/test_backup_to_s3.py tests/test_unsettled_backups.py tests/test_s3_strict.py \
+	tests/test_verify_archive.py tests/test_resume.py
+RADOSGW_PACKAGES = ceph-mon ceph-osd radosgw ceph-common
+
+test-s3-compat: $(VENV)/.installed-$(AIRFLOW_VERSION)
+	@failed=; for server in $(S3_COMPAT_SERVERS); do \
+		$(MAKE) --no-print-directory test-s3-$$server || failed="$$failed $$server"; \
+	done; [ -z "$$failed" ] || { echo "test-s3-compat failed on:$$failed" >&2; exit 1; }
+
+test-s3-nanio: $(VENV)/.installed-$(AIRFLOW_VERSION)
+	C66_S3_SERVER=nanio $(VENV)/bin/python -m pytest $(S3_COMPAT_TESTS)
+
+test-s3-radosgw: $(VENV)/.installed-$(AIRFLOW_VERSION)
+	@command -v radosgw >/dev/null || { \
+		[ "$$(id -u)" = 0 ] || { echo "radosgw is missing: run as root, or apt-get install $(RADOSGW_PACKAGES)" >&2; exit 1; }; \
+		echo "Installing Ceph's radosgw from Debian's packages ..."; \
+		created=; [ -e /usr/sbin/policy-rc.d ] || { printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d; \
+			chmod 755 /usr/sbin/policy-rc.d; created=1; }; \
+		export DEBIAN_FRONTEND=noninteractive; apt-get update -q >/dev/null \
+			&& apt-get install -y -q --no-install-recommends $(RADOSGW_PACKAGES) >/dev/null; status=$$?; \
+		[ -z "$$created" ] || rm -f /usr/sbin/policy-rc.d; exit $$status; }
+	@dir=$$(mktemp -d "$${TMPDIR:-/tmp}/c66-radosgw.XXXXXX"); \
+	trap 'scripts/radosgw.sh stop "$$dir/ceph"; rm -rf "$$dir"' EXIT; trap 'exit 130' INT TERM; \
+	scripts/radosgw.sh start "$$dir/ceph" >/dev/null && . "$$dir/ceph/env" \
+		&& echo "C66_S3_SERVER=radosgw C66_S3_ENDPOINT=$$C66_S3_ENDPOINT $(VENV)/bin/python -m pytest $(S3_COMPAT_TESTS)" \
+		&& $(VENV)/bin/python -m pytest $(S3_COMPAT_TESTS)
 
 clean:
 	rm -rf $(VENV) $(FLOOR_VENV) .mypy_cache .ruff_cache

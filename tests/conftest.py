@@ -23,4 +23,4 @@ os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ.pop("AWS_PROFILE", None)
 os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
 
-pytest_plugins = ["tests.s3_fixtures", "tests.airflow_fixtures"]
+pytest_plugins = ["tests.s3_fixtures", "tests.airflow_fixtures", "tests.copy_fixtures"]

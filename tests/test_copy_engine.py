@@ -14,18 +14,15 @@ import time
 import traceback
 import zlib
 from base64 import b64encode
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
-import requests
 from botocore.exceptions import ClientError
 
-from airflow_provider_c66.testing import Cloud66Emulator, RecordedRequest
+from airflow_provider_c66.testing import RecordedRequest
 from airflow_provider_c66.transfers import copy_engine
 from airflow_provider_c66.transfers.copy_engine import (
     CopyCancelled,
@@ -36,11 +33,10 @@ from airflow_provider_c66.transfers.copy_engine import (
     choose_part_size,
     copy_to_s3,
 )
+from tests.copy_fixtures import STACK, Archive
 
 MiB = 1 << 20
 GiB = 1 << 30
-STACK = "stack-1"
-TOKEN = "t"
 FAST = CopySettings(
     part_size=5 * MiB,
     max_concurrency=3,
@@ -55,56 +51,6 @@ KEY = "backups/stack-1/app_db.tar"
 
 
 # -- helpers ---------------------------------------------------------------------------------------
-
-
-@dataclass
-class Archive:
-    """One emulated backup and the URL providers the engine gets for it (fetching over the API)."""
-
-    emu: Cloud66Emulator
-    backup_id: int
-    issued: list[str] = field(default_factory=list)
-
-    @property
-    def file_ids(self) -> list[str]:
-        return self.emu.file_ids(STACK, self.backup_id)
-
-    def sources(self) -> list[Source]:
-        names = self.emu.file_names(STACK, self.backup_id)
-        return [Source(fid, name, self.provider(fid)) for fid, name in zip(self.file_ids, names, strict=True)]
-
-    def provider(self, file_id: str, backup_id: int | None = None) -> Callable[[], str]:
-        def fetch() -> str:
-            bid = self.backup_id if backup_id is None else backup_id
-            url = f"{self.emu.base_url}/stacks/{STACK}/backups/{bid}/files/{file_id}.json"
-            answer = requests.get(url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
-            answer.raise_for_status()
-            signed = str(answer.json()["response"]["public_url"]).replace("%25", "%")
-            self.issued.append(signed)
-            return signed
-
-        return fetch
-
-    def content(self) -> bytes:
-        return b"".join(self.emu.iter_archive(STACK, self.backup_id))
-
-    def sha256(self) -> str:
-        return self.emu.archive_sha256(STACK, self.backup_id)
-
-    def file_requests(self) -> list[RecordedRequest]:
-        return [r for r in self.emu.requests if r.kind == "file"]
-
-    def data_requests(self) -> list[RecordedRequest]:
-        """File GETs other than the size probes (``bytes=0-0``)."""
-        return [r for r in self.file_requests() if r.headers.get("Range") != "bytes=0-0"]
-
-    def url_fetches(self, file_id: str) -> int:
-        suffix = f"/files/{file_id}.json"
-        return sum(1 for r in self.emu.requests if r.kind == "api" and r.path.endswith(suffix))
-
-    def signatures(self) -> set[str]:
-        values = {parse_qs(urlsplit(url).query)["Signature"][0] for url in self.issued}
-        return values | {unquote(v) for v in values} | {v.replace("%", "%25") for v in values}
 
 
 def ranges(requests_: list[RecordedRequest]) -> list[tuple[int, int]]:
@@ -214,19 +160,6 @@ def buffers(monkeypatch: pytest.MonkeyPatch) -> BufferHooks:
 
     monkeypatch.setattr(copy_engine, "_PartBuffers", Recording)
     return hooks
-
-
-@pytest.fixture
-def archive_factory() -> Iterator[Callable[..., Archive]]:
-    with ExitStack() as stack:
-
-        def make(size: int, **settings: Any) -> Archive:
-            settings.setdefault("split_threshold", 64 * MiB)
-            emu = stack.enter_context(Cloud66Emulator(token=TOKEN, **settings))
-            emu.add_stack(STACK)
-            return Archive(emu, emu.add_backup(STACK, size=size))
-
-        yield make
 
 
 # -- part sizing -----------------------------------------------------------------------------------

@@ -272,7 +272,18 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
         expected = backup.backup_size if verify_size and backup.backup_size > 0 else None
         try:
             objects = self._copy(
-                hook, client, bucket, stack, ident, plan, settings, extra, files, expected, taken
+                hook,
+                client,
+                bucket,
+                stack,
+                ident,
+                plan,
+                settings,
+                extra,
+                files,
+                expected,
+                taken,
+                _tries_left(context),
             )
         except SourceChanged as exc:
             raise AirflowException(
@@ -331,6 +342,7 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
         files: Sequence[BackupFile],
         expected_size: int | None,
         taken: set[str],
+        tries_left: bool,
     ) -> list[ArchivedObject]:
         from airflow_provider_c66.transfers.copy_engine import Source, copy_to_s3
 
@@ -365,6 +377,8 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
                 expected_size=expected_size if self.join_parts else None,
                 before_complete=last_look if number == len(plan) else None,
                 if_none_match=key not in taken,
+                resume=True,
+                keep_upload_on_failure=tries_left,
             )
             objects.append(
                 ArchivedObject(
@@ -561,6 +575,13 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
                     extra={"stack_id": stack, "backup_id": backup.id, "db_type": backup.db_type},
                 )
         return uris
+
+
+def _tries_left(context: Any) -> bool:
+    """Whether Airflow will run this task again if this try fails (then an open upload is its head start)."""
+    ti = context.get("ti") if isinstance(context, Mapping) else None
+    try_number, max_tries = getattr(ti, "try_number", None), getattr(ti, "max_tries", None)
+    return isinstance(try_number, int) and isinstance(max_tries, int) and try_number <= max_tries
 
 
 def _file_ids(files: Sequence[BackupFile]) -> str:

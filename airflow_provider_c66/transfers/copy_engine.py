@@ -182,6 +182,7 @@ class CopyResult:
     source_sizes: tuple[tuple[str, int], ...]  # (file_id, size) in archive order
     crc32: str = ""  # the whole archive's CRC32 (base64, as S3 writes it), computed in order
     s3_checksum: str | None = None  # the checksum S3 stored and reports, e.g. "CRC32 hvthyA== FULL_OBJECT"
+    reused: int = 0  # bytes of parts an earlier try had uploaded, checked and not sent again
 
 
 def choose_part_size(total: int, requested: int) -> int:
@@ -974,8 +975,13 @@ class _ArchiveCopy:
         progress: _Progress,
         log: logging.Logger,
         if_none_match: bool = False,
+        resume: bool = False,
+        keep_upload_on_failure: bool = False,
     ) -> None:
         self.client, self.bucket, self.key, self.extra = client, bucket, key, extra_args
+        self.resume, self.keep_upload_on_failure = resume, keep_upload_on_failure
+        self.reused = 0
+        self._reused_lock = threading.Lock()
         self.settings, self.downloader, self.coordinator = settings, downloader, coordinator
         self.progress, self.log = progress, log
         self.target = f"s3://{bucket}/{key}"
@@ -1002,7 +1008,9 @@ class _ArchiveCopy:
         else:
             etag, digest, version = self._multipart(parts, settle)
         head = self.dest.verify(sum(part.length for part in parts), version)
-        return etag.strip('"'), digest, stored_checksum(head)
+        # Some stores (radosgw 16) answer CompleteMultipartUpload with an empty ETag; HEAD has it.
+        etag = etag.strip('"') or str(head.get("ETag", "")).strip('"')
+        return etag, digest, stored_checksum(head)
 
     def _put(self, part: _Part, settle: Callable[[], None]) -> tuple[str, ArchiveDigest, str | None]:
         data = self.buffers.take(part.length)
@@ -1028,13 +1036,24 @@ class _ArchiveCopy:
     def _multipart(
         self, parts: Sequence[_Part], settle: Callable[[], None]
     ) -> tuple[str, ArchiveDigest, str | None]:
-        upload_id, full_object = self._create()
+        found = self._resumable(parts) if self.resume else None
+        upload_id, full_object, earlier = found or (*self._create(), {})
         pool = ThreadPoolExecutor(self.settings.max_concurrency, thread_name_prefix="c66-copy")
         try:
-            completed, digest = self._upload_parts(pool, upload_id, parts)
+            completed, digest = self._upload_parts(pool, upload_id, parts, earlier)
             settle()
             answer = self._complete(upload_id, completed, digest, full_object)
-        except BaseException:
+        except BaseException as exc:
+            if self.keep_upload_on_failure and _resumable_failure(exc):
+                # Another try follows: the parts in S3 are its head start (it checks each against the
+                # source before using it). The last try, a cancel or a changed source abort instead.
+                pool.shutdown(wait=True, cancel_futures=True)
+                self.log.warning(
+                    "%s: the multipart upload stays open for the next try to resume (it aborts it if it "
+                    "cannot use it); a bucket lifecycle rule for incomplete uploads removes any left behind",
+                    self.target,
+                )
+                raise
             # Abort at once, without waiting for the workers: one may be stuck in a read or an API
             # call, and a kill must not outlast Airflow's grace period. Once they have stopped, abort
             # again: a part that was in flight during the first abort may still have been stored.
@@ -1044,6 +1063,56 @@ class _ArchiveCopy:
             raise
         pool.shutdown(wait=True)
         return answer.get("ETag", ""), digest, answer.get("VersionId")
+
+    def _resumable(self, parts: Sequence[_Part]) -> tuple[str, bool, dict[int, Any]] | None:
+        """An open upload an earlier try left on this key that this copy can continue, with its parts.
+
+        Only an upload made the same way qualifies (checksum algorithm, storage class); its parts are
+        used only where S3 holds a part of the planned size whose checksum matches the source's bytes
+        (checked in :meth:`_upload_part`), so a different part plan or stale bytes are uploaded again.
+        """
+        try:
+            pages = self.client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=self.bucket, Prefix=self.key
+            )
+            uploads = [u for page in pages for u in page.get("Uploads", []) if u.get("Key") == self.key]
+        except Exception as exc:
+            self.log.info("%s: could not list open uploads to resume (%s); starting afresh", self.target, exc)
+            return None
+        wanted_class = self.extra.get("StorageClass", "STANDARD")
+        algorithm = "CRC32" if self.dest.flexible else None
+        for upload in sorted(uploads, key=lambda u: str(u.get("Initiated", "")), reverse=True):
+            reported_class = upload.get("StorageClass") or "STANDARD"  # some stores always say STANDARD
+            if upload.get("ChecksumAlgorithm") != algorithm or reported_class not in (
+                "STANDARD",
+                wanted_class,
+            ):
+                continue
+            upload_id = str(upload.get("UploadId", ""))
+            try:
+                paginator = self.client.get_paginator("list_parts")
+                listing: list[dict[str, Any]] = [
+                    dict(page)
+                    for page in paginator.paginate(Bucket=self.bucket, Key=self.key, UploadId=upload_id)
+                ]
+            except Exception as exc:
+                self.log.info(
+                    "%s: could not list the parts of an open upload (%s); starting afresh", self.target, exc
+                )
+                continue
+            earlier = {int(p["PartNumber"]): p for page in listing for p in page.get("Parts", [])}
+            kind = next((page.get("ChecksumType") for page in listing if page.get("ChecksumType")), None)
+            full_object = (kind or upload.get("ChecksumType")) == "FULL_OBJECT"
+            usable = sum(1 for part in parts if earlier.get(part.number, {}).get("Size") == part.length)
+            self.log.info(
+                "%s: resuming the multipart upload an earlier try left open: %d of %d part(s) in S3 have "
+                "the planned size and are checked against the source before use",
+                self.target,
+                usable,
+                len(parts),
+            )
+            return upload_id, full_object, earlier
+        return None
 
     def _create(self) -> tuple[str, bool]:
         """CreateMultipartUpload; True when S3 keeps a full-object CRC32 (``ChecksumType=FULL_OBJECT``).
@@ -1101,7 +1170,7 @@ class _ArchiveCopy:
         )
 
     def _upload_parts(
-        self, pool: ThreadPoolExecutor, upload_id: str, parts: Sequence[_Part]
+        self, pool: ThreadPoolExecutor, upload_id: str, parts: Sequence[_Part], earlier: Mapping[int, Any]
     ) -> tuple[list[CompletedPartTypeDef], ArchiveDigest]:
         """Keep at most ``max_concurrency`` parts in flight; collect them in order to hash the archive."""
         digest = ArchiveDigest()
@@ -1112,7 +1181,7 @@ class _ArchiveCopy:
                 if len(window) == self.settings.max_concurrency:
                     completed.append(self._collect(window.popleft(), digest))
                 self.coordinator.check_main()
-                window.append(pool.submit(self._upload_part, upload_id, part))
+                window.append(pool.submit(self._upload_part, upload_id, part, earlier.get(part.number)))
             while window:
                 completed.append(self._collect(window.popleft(), digest))
         except BaseException as exc:
@@ -1135,12 +1204,18 @@ class _ArchiveCopy:
             part["ChecksumCRC32"] = uploaded.checksum
         return part
 
-    def _upload_part(self, upload_id: str, part: _Part) -> _Uploaded:
+    def _upload_part(
+        self, upload_id: str, part: _Part, earlier: Mapping[str, Any] | None = None
+    ) -> _Uploaded:
         data = self.buffers.take(part.length)
         try:
             self._fill(part, data)
             integrity = self.dest.integrity(data)
             self.coordinator.check()
+            if earlier is not None and _holds(earlier, part.length, integrity, data):
+                with self._reused_lock:
+                    self.reused += part.length
+                return _Uploaded(part.number, str(earlier["ETag"]), integrity.get("ChecksumCRC32"), data)
             answer = self._s3(
                 f"UploadPart ({part.describe()})",
                 self.client.upload_part,
@@ -1188,6 +1263,25 @@ class _ArchiveCopy:
         return self.dest.s3(operation, call, **kwargs)
 
 
+def _holds(earlier: Mapping[str, Any], length: int, integrity: Mapping[str, str], data: bytearray) -> bool:
+    """Whether a part an earlier try uploaded (a ListParts entry) holds exactly these bytes."""
+    if earlier.get("Size") != length:
+        return False
+    listed = earlier.get("ChecksumCRC32")
+    if listed and "ChecksumCRC32" in integrity:
+        return bool(listed == integrity["ChecksumCRC32"])
+    etag = str(earlier.get("ETag", "")).strip('"')  # an MD5 of the part, where the store makes it so
+    return etag == hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+def _resumable_failure(exc: BaseException) -> bool:
+    """A failure after which the next try may continue the upload: not a cancel, not a source that
+    changed, not another run's object at the key."""
+    return isinstance(exc, Exception) and not isinstance(
+        exc, (CopyCancelled, SourceChanged, ObjectExists, _Stopped)
+    )
+
+
 def s3_error_code(exc: BaseException) -> str | None:
     """The S3 error code of a botocore ClientError, without importing botocore."""
     response = getattr(exc, "response", None)
@@ -1230,6 +1324,8 @@ def copy_to_s3(
     expected_size: int | None = None,
     before_complete: Callable[[Sequence[int]], None] | None = None,
     if_none_match: bool = False,
+    resume: bool = False,
+    keep_upload_on_failure: bool = False,
 ) -> CopyResult:
     """Copy ``sources``, concatenated in order, to ``s3://bucket/key``; all or nothing.
 
@@ -1246,6 +1342,11 @@ def copy_to_s3(
         raises aborts the copy (the caller's last look at the source, e.g. its file list).
     :param if_none_match: the key was free when the caller looked: write with ``If-None-Match: *`` so
         that a concurrent run's object is never overwritten (stores that answer 501 get a plain write).
+    :param resume: continue a multipart upload an earlier try left open on the key: its parts whose
+        size and checksum match the source's bytes are not uploaded again (the source is still read,
+        so the SHA-256 stays exact).
+    :param keep_upload_on_failure: another try follows: on a failure (not a cancel, not a changed
+        source) leave the multipart upload open for it to resume instead of aborting it.
     :raises ObjectExists: another run wrote the key meanwhile; nothing of this copy is left.
     :raises SourceChanged: the sources changed during the copy or disagree with ``expected_size``.
     :raises CopyError: the copy failed; no object and no multipart upload were left behind.
@@ -1291,6 +1392,8 @@ def copy_to_s3(
             progress,
             log,
             if_none_match,
+            resume,
+            keep_upload_on_failure,
         )
         etag, digest, s3_checksum = copy.run(
             parts, lambda: before_complete(sizes) if before_complete else None
@@ -1321,4 +1424,5 @@ def copy_to_s3(
         tuple(zip(ids, sizes, strict=True)),
         digest.crc32,
         s3_checksum,
+        copy.reused,
     )

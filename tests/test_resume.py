@@ -1,0 +1,217 @@
+"""Resume instead of restarting: a try that fails leaves its multipart upload for the next try, which
+uploads only what S3 does not already hold (checked against the source), and the result is exact.
+
+Emulator and moto over HTTP; S3 faults are injected with botocore ``before-call`` handlers (as S3's
+InternalError), and the bytes each try sends are counted from the requests the client makes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timezone
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from airflow_provider_c66.transfers.backup_to_s3 import Cloud66BackupToS3Operator
+from airflow_provider_c66.transfers.copy_engine import CopyError, SourceChanged, copy_to_s3
+from tests.copy_fixtures import Archive
+from tests.test_copy_engine import FAST, KEY, MiB, failing_on_call, read_object
+
+PART = 5 * MiB
+DATE = datetime(2026, 3, 4, 5, 6, 7, tzinfo=timezone.utc)
+
+
+def sent_parts(client: Any) -> list[int]:
+    numbers: list[int] = []
+
+    def record(**kwargs: Any) -> None:
+        numbers.append(int(kwargs["params"]["PartNumber"]))
+
+    client.meta.events.register("provide-client-params.s3.UploadPart", record)
+    return numbers
+
+
+def open_uploads(client: Any, bucket: str) -> list[Any]:
+    return list(client.list_multipart_uploads(Bucket=bucket).get("Uploads", []))
+
+
+def fail_part(client: Any, number: int) -> Callable[..., None]:
+    """Every UploadPart of part ``number`` fails, as S3's InternalError would, retries included."""
+
+    def handler(params: Any, **_: Any) -> None:
+        if int(params.get("PartNumber", 0)) == number:
+            failing_on_call("UploadPart", 1)()
+
+    client.meta.events.register("provide-client-params.s3.UploadPart", handler)
+    return handler
+
+
+@pytest.mark.reliability(
+    area="upload",
+    fault="a try fails mid-upload with tries left",
+    outcome="retried and succeeded",
+)
+def test_a_failed_try_leaves_its_upload_and_the_next_uploads_only_what_is_missing(
+    archive_factory: Callable[..., Archive], s3_client: Any, s3_bucket: str
+) -> None:
+    archive = archive_factory(6 * PART + 123)
+    settings = FAST.__class__(**{**FAST.__dict__, "max_concurrency": 1})
+    handler = fail_part(s3_client, 4)
+    with pytest.raises(CopyError, match=r"UploadPart \(part 4"):
+        copy_to_s3(
+            archive.sources(), s3_client, s3_bucket, KEY, settings=settings, keep_upload_on_failure=True
+        )
+    (left,) = open_uploads(s3_client, s3_bucket)
+    held = [
+        p["PartNumber"]
+        for p in s3_client.list_parts(Bucket=s3_bucket, Key=KEY, UploadId=left["UploadId"])["Parts"]
+    ]
+    assert held == [1, 2, 3]
+
+    s3_client.meta.events.unregister("provide-client-params.s3.UploadPart", handler)
+    numbers = sent_parts(s3_client)
+    result = copy_to_s3(archive.sources(), s3_client, s3_bucket, KEY, settings=settings, resume=True)
+
+    assert sorted(numbers) == [4, 5, 6, 7], "parts 1-3 are not uploaded again"
+    assert result.reused == 3 * PART
+    assert read_object(s3_client, s3_bucket) == archive.content()
+    assert result.sha256 == archive.sha256(), "the SHA-256 covers the reused parts too"
+    assert result.crc32 and open_uploads(s3_client, s3_bucket) == []
+
+
+@pytest.mark.reliability(
+    area="upload",
+    fault="an open upload holding stale parts",
+    outcome="succeeded, byte-exact",
+)
+def test_a_part_in_s3_that_differs_from_the_source_is_uploaded_again(
+    archive_factory: Callable[..., Archive], s3_client: Any, s3_bucket: str
+) -> None:
+    """An open upload whose part 2 holds other bytes of the same size (stale, or another plan)."""
+    archive = archive_factory(3 * PART + 9)
+    data = archive.content()
+    upload = s3_client.create_multipart_upload(Bucket=s3_bucket, Key=KEY, ChecksumAlgorithm="CRC32")
+    for number, chunk in ((1, data[:PART]), (2, bytes(PART))):
+        s3_client.upload_part(
+            Bucket=s3_bucket,
+            Key=KEY,
+            UploadId=upload["UploadId"],
+            PartNumber=number,
+            Body=chunk,
+            ChecksumAlgorithm="CRC32",
+        )
+    numbers = sent_parts(s3_client)
+    result = copy_to_s3(archive.sources(), s3_client, s3_bucket, KEY, settings=FAST, resume=True)
+    assert sorted(numbers) == [2, 3, 4]
+    assert result.reused == PART
+    assert read_object(s3_client, s3_bucket) == data
+    assert open_uploads(s3_client, s3_bucket) == []
+
+
+def test_an_upload_made_another_way_is_not_resumed(
+    archive_factory: Callable[..., Archive], s3_client: Any, s3_bucket: str
+) -> None:
+    """An open upload without the CRC32 algorithm (another checksum mode, another tool) is left alone."""
+    archive = archive_factory(2 * PART + 1)
+    other = s3_client.create_multipart_upload(Bucket=s3_bucket, Key=KEY)["UploadId"]
+    numbers = sent_parts(s3_client)
+    result = copy_to_s3(archive.sources(), s3_client, s3_bucket, KEY, settings=FAST, resume=True)
+    assert sorted(numbers) == [1, 2, 3] and result.reused == 0
+    assert read_object(s3_client, s3_bucket) == archive.content()
+    assert [u["UploadId"] for u in open_uploads(s3_client, s3_bucket)] == [other], "not ours to abort here"
+
+
+def test_without_tries_left_or_when_the_source_changed_the_upload_is_aborted(
+    archive_factory: Callable[..., Archive], s3_client: Any, s3_bucket: str
+) -> None:
+    archive = archive_factory(3 * PART)
+    handler = fail_part(s3_client, 2)
+    with pytest.raises(CopyError):
+        copy_to_s3(archive.sources(), s3_client, s3_bucket, KEY, settings=FAST)
+    assert open_uploads(s3_client, s3_bucket) == [], "the last try aborts"
+    s3_client.meta.events.unregister("provide-client-params.s3.UploadPart", handler)
+
+    def changed(sizes: Any) -> None:
+        raise SourceChanged("its file list changed")
+
+    with pytest.raises(SourceChanged):
+        copy_to_s3(
+            archive.sources(),
+            s3_client,
+            s3_bucket,
+            KEY,
+            settings=FAST,
+            keep_upload_on_failure=True,
+            before_complete=changed,
+        )
+    assert open_uploads(s3_client, s3_bucket) == [], "parts of a changing source are never kept"
+
+
+def test_the_operator_keeps_the_upload_while_airflow_will_retry_and_resumes_it(
+    cloud66_emulator_factory: Any,
+    s3_client: Any,
+    s3_bucket: str,
+    aws_connection: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Try 1 of 2 fails at part 3: its upload stays; try 2 uploads only parts 3 on; the last try's
+    failure aborts."""
+    import botocore.client
+
+    emu = cloud66_emulator_factory(split_threshold=64 * MiB)
+    bid = emu.add_backup("stack-1", size=4 * PART + 5, backup_date=DATE)
+    data = b"".join(emu.iter_archive("stack-1", bid))
+    numbers: list[int] = []
+    failing = {"part": 3}
+
+    real = botocore.client.BaseClient._make_api_call
+
+    def api_call(self: Any, operation: str, params: dict[str, Any]) -> Any:
+        if operation == "UploadPart":
+            numbers.append(int(params["PartNumber"]))
+            if params["PartNumber"] == failing["part"]:
+                from botocore.exceptions import ClientError
+
+                raise ClientError({"Error": {"Code": "InternalError", "Message": "injected"}}, operation)
+        return real(self, operation, params)
+
+    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", api_call)
+
+    def run(try_number: int, max_tries: int) -> list[str]:
+        op = Cloud66BackupToS3Operator(
+            task_id="archive",
+            stack_id="stack-1",
+            backup_id=bid,
+            s3_bucket=s3_bucket,
+            part_size=PART,
+            max_concurrency=1,
+            asset_alias=None,
+        )
+        result: list[str] = op.execute({"ti": SimpleNamespace(try_number=try_number, max_tries=max_tries)})
+        return result
+
+    with pytest.raises(Exception, match="injected"):
+        run(1, 1)
+    assert len(open_uploads(s3_client, s3_bucket)) == 1
+    first = sorted(numbers)
+    numbers.clear()
+    failing["part"] = 0
+    (uri,) = run(2, 1)
+    assert first == [1, 2, 3] and sorted(numbers) == [3, 4, 5]
+    assert s3_client.get_object(Bucket=s3_bucket, Key=uri.split("/", 3)[3])["Body"].read() == data
+    assert open_uploads(s3_client, s3_bucket) == []
+
+    other = emu.add_backup("stack-1", size=3 * PART, backup_date=DATE)
+    failing["part"] = 2
+    with pytest.raises(Exception, match="injected"):
+        Cloud66BackupToS3Operator(
+            task_id="archive",
+            stack_id="stack-1",
+            backup_id=other,
+            s3_bucket=s3_bucket,
+            part_size=PART,
+            asset_alias=None,
+        ).execute({"ti": SimpleNamespace(try_number=2, max_tries=1)})
+    assert open_uploads(s3_client, s3_bucket) == [], "the last try aborts"
