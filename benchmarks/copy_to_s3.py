@@ -97,13 +97,14 @@ def run_operator(spec: dict[str, Any]) -> tuple[list[str], Callable[[], None] | 
             spec["copy_seconds"] = spec.get("copy_seconds", 0.0) + time.perf_counter() - started
 
     copy_engine.copy_to_s3 = timed_copy  # execute() imports it from the module at call time
+    count_uploaded_bytes(spec)
 
     op = Cloud66BackupToS3Operator(
         task_id="archive",
         stack_id=STACK,
         backup_id=spec["backup_id"],
         s3_bucket=BUCKET,
-        s3_key_prefix=f"{spec['name']}/{{backup_id}}/",
+        s3_key_prefix=f"{spec.get('prefix', spec['name'])}/{{backup_id}}/",
         cloud66_conn_id=spec["conn"],
         aws_conn_id="aws_bench",
         max_concurrency=spec.get("concurrency", CONCURRENCY),
@@ -111,6 +112,21 @@ def run_operator(spec: dict[str, Any]) -> tuple[list[str], Callable[[], None] | 
         asset_alias=None,
     )
     return [uri.split("/", 3)[3] for uri in op.execute({})], None
+
+
+def count_uploaded_bytes(spec: dict[str, Any]) -> None:
+    """Count the body bytes this process sends to S3 (UploadPart and PutObject) into spec."""
+    import botocore.client
+
+    call = botocore.client.BaseClient._make_api_call
+    spec["uploaded_bytes"] = 0
+
+    def counted(self: Any, operation: str, params: dict[str, Any]) -> Any:
+        if operation in ("UploadPart", "PutObject"):
+            spec["uploaded_bytes"] += len(params.get("Body") or b"")
+        return call(self, operation, params)
+
+    botocore.client.BaseClient._make_api_call = counted  # type: ignore[method-assign]
 
 
 def run_upload_only(spec: dict[str, Any]) -> tuple[list[str], Callable[[], None] | None]:
@@ -269,6 +285,7 @@ def child(spec: dict[str, Any]) -> None:
     seconds, cpu_seconds = time.perf_counter() - started, cpu() - cpu_started
     result = {"seconds": seconds, "cpu": cpu_seconds, "peak_rss": peak_rss(), "import_rss": baseline}
     result.update(keys=keys, copy_seconds=spec.get("copy_seconds", seconds))
+    result["uploaded_bytes"] = spec.get("uploaded_bytes")
     Path(spec["out"]).write_text(json.dumps(result))
 
 
@@ -364,6 +381,40 @@ class Bench:
             result["verified"] = self.verify(result["keys"], expected_sha)
         print(f" {time.monotonic() - began:.0f} s", file=sys.stderr, flush=True)
         return result
+
+    def kill_at(self, name: str, size: int, fraction: float, **spec: Any) -> int:
+        """Run the operator in a child and SIGKILL it once S3 holds ``fraction`` of the archive in the
+        parts of its open upload; return the bytes S3 holds then (what a resumed run may reuse)."""
+        self.runs += 1
+        out, log = self.workdir / f"{self.runs}.json", self.workdir / f"{self.runs}.log"
+        spec.update(name=name, kind="operator", size=size, out=str(out))
+        print(
+            f"  {name} ({size // MiB} MiB, killed at {fraction:.0%}) ...", end="", file=sys.stderr, flush=True
+        )
+        with log.open("wb") as err:
+            proc = subprocess.Popen(
+                [sys.executable, __file__, "--child", json.dumps(spec)], env=self.env, stdout=err, stderr=err
+            )
+            held = 0
+            try:
+                while proc.poll() is None and held < fraction * size:
+                    time.sleep(0.05)
+                    held = self.held_bytes()
+            finally:
+                proc.kill()
+                proc.wait()
+        held = self.held_bytes()
+        print(f" killed holding {held / size:.0%}", file=sys.stderr, flush=True)
+        if held == 0:
+            raise RuntimeError(f"{name}: no part was in S3 when the copy ended:\n{log.read_text()[-3000:]}")
+        return held
+
+    def held_bytes(self) -> int:
+        total = 0
+        for upload in self.s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []):
+            parts = self.s3.list_parts(Bucket=BUCKET, Key=upload["Key"], UploadId=upload["UploadId"])
+            total += sum(part["Size"] for part in parts.get("Parts", []))
+        return total
 
     def server_cpu(self) -> tuple[float, float]:
         """CPU seconds so far of the S3 server and of this process (idle but for the emulators)."""
@@ -486,6 +537,14 @@ def main(argv: list[str] | None = None) -> int:
             "capped-1-conn", "operator", capped_size, capped_sha, concurrency=1, **capped
         )
         r["capped_n"] = bench.run("capped-4-conn", "operator", capped_size, capped_sha, **capped)
+        # Resume: SIGKILL a capped copy at about 70 %, then run it again; count what is sent again.
+        resume_id = slow.add_backup(STACK, size=sweep_size, seed=6)  # 16 parts or more: 70 % is a moment
+        resume = {"conn": "cloud66_capped", "backup_id": resume_id, "prefix": "resume"}
+        held = bench.kill_at("killed", sweep_size, 0.7, **resume)
+        r["resumed"] = bench.run(
+            "resumed", "operator", sweep_size, slow.archive_sha256(STACK, resume_id), **resume
+        )
+        r["resumed"]["held_at_kill"] = held
         # Where the peak RSS goes: the same copy with 1, 2, 4 and 8 parts in flight, and with S3's
         # smallest part size. Its slope is the cost of one part in flight; what is left is fixed.
         sweep_id = emu.add_backup(STACK, size=sweep_size, seed=5)
@@ -583,6 +642,15 @@ def report(r: dict[str, Result], args: argparse.Namespace, load_before: tuple[fl
         )
         fixed = mean_y - slope * mean_x
         print(f"  each 8 MiB part in flight adds {slope:.1f} MiB; the copy's fixed cost is {fixed:.0f} MiB")
+    resumed = r.get("resumed")
+    if resumed:
+        size, held, sent = resumed["size"], resumed["held_at_kill"], resumed["uploaded_bytes"]
+        again = max(0, sent - (size - held)) / size
+        print(
+            f"\nresume: killed with {held / size:.0%} of the archive in S3; the next run sent "
+            f"{sent / size:.0%} of it, {again:.1%} of it a second time"
+        )
+        goals.append(("resume after a kill: archive sent again", again, "<= 0.10", again <= 0.10))
     verified = all(res.get("verified", True) for res in r.values())
     print("\ngoals")
     for text, value, goal, ok in goals:

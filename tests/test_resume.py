@@ -110,12 +110,15 @@ def test_a_part_in_s3_that_differs_from_the_source_is_uploaded_again(
     assert open_uploads(s3_client, s3_bucket) == []
 
 
+@pytest.mark.s3_unsupported("nanio", "radosgw", reason="lists no upload's checksum algorithm")
 def test_an_upload_made_another_way_is_not_resumed(
     archive_factory: Callable[..., Archive], s3_client: Any, s3_bucket: str
 ) -> None:
-    """An open upload without the CRC32 algorithm (another checksum mode, another tool) is left alone."""
+    """An open upload S3 lists with another checksum algorithm (another tool) is left alone."""
     archive = archive_factory(2 * PART + 1)
-    other = s3_client.create_multipart_upload(Bucket=s3_bucket, Key=KEY)["UploadId"]
+    other = s3_client.create_multipart_upload(Bucket=s3_bucket, Key=KEY, ChecksumAlgorithm="SHA256")[
+        "UploadId"
+    ]
     numbers = sent_parts(s3_client)
     result = copy_to_s3(archive.sources(), s3_client, s3_bucket, KEY, settings=FAST, resume=True)
     assert sorted(numbers) == [1, 2, 3] and result.reused == 0
@@ -215,3 +218,25 @@ def test_the_operator_keeps_the_upload_while_airflow_will_retry_and_resumes_it(
             asset_alias=None,
         ).execute({"ti": SimpleNamespace(try_number=2, max_tries=1)})
     assert open_uploads(s3_client, s3_bucket) == [], "the last try aborts"
+
+
+def test_a_refusal_by_s3_aborts_even_with_tries_left(
+    archive_factory: Callable[..., Archive], s3_client: Any, s3_bucket: str
+) -> None:
+    """A 4xx (S3 refusing the request) would be refused again: the upload is not kept for a retry."""
+    from botocore.exceptions import ClientError
+
+    archive = archive_factory(3 * PART)
+
+    def refuse(params: Any, **_: Any) -> None:
+        if int(params.get("PartNumber", 0)) == 2:
+            error = {
+                "Error": {"Code": "InvalidRequest", "Message": "no"},
+                "ResponseMetadata": {"HTTPStatusCode": 400},
+            }
+            raise ClientError(error, "UploadPart")  # type: ignore[arg-type]
+
+    s3_client.meta.events.register("provide-client-params.s3.UploadPart", refuse)
+    with pytest.raises(CopyError, match="InvalidRequest"):
+        copy_to_s3(archive.sources(), s3_client, s3_bucket, KEY, settings=FAST, keep_upload_on_failure=True)
+    assert open_uploads(s3_client, s3_bucket) == []

@@ -1083,7 +1083,10 @@ class _ArchiveCopy:
         algorithm = "CRC32" if self.dest.flexible else None
         for upload in sorted(uploads, key=lambda u: str(u.get("Initiated", "")), reverse=True):
             reported_class = upload.get("StorageClass") or "STANDARD"  # some stores always say STANDARD
-            if upload.get("ChecksumAlgorithm") != algorithm or reported_class not in (
+            # Some stores (nanio, radosgw) report no algorithm for any upload; AWS does. An upload whose
+            # algorithm differs refuses this copy's parts (400), which aborts it rather than keeping it.
+            reported = upload.get("ChecksumAlgorithm")
+            if (reported is not None and reported != algorithm) or reported_class not in (
                 "STANDARD",
                 wanted_class,
             ):
@@ -1275,11 +1278,18 @@ def _holds(earlier: Mapping[str, Any], length: int, integrity: Mapping[str, str]
 
 
 def _resumable_failure(exc: BaseException) -> bool:
-    """A failure after which the next try may continue the upload: not a cancel, not a source that
-    changed, not another run's object at the key."""
-    return isinstance(exc, Exception) and not isinstance(
+    """A failure after which the next try may continue the upload: a transient one (a 5xx, throttling,
+    a timeout, a dropped connection, the source's host failing), not a cancel, a source that changed,
+    another run's object at the key, or S3 refusing the request (a 4xx would refuse it again)."""
+    if not isinstance(exc, Exception) or isinstance(
         exc, (CopyCancelled, SourceChanged, ObjectExists, _Stopped)
+    ):
+        return False
+    response = getattr(exc.__cause__, "response", None)
+    status = (
+        response.get("ResponseMetadata", {}).get("HTTPStatusCode") if isinstance(response, dict) else None
     )
+    return not isinstance(status, int) or status >= 500 or status in (408, 429)
 
 
 def s3_error_code(exc: BaseException) -> str | None:
