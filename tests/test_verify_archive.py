@@ -213,3 +213,11 @@ def test_locate_refuses_what_is_not_an_archive_uri(value: Any) -> None:
     with pytest.raises(Cloud66InputError) as info:
         locate(value)
     assert info.value.field == "archive"
+
+
+def test_verify_says_a_damaged_manifest_is_damaged(
+    s3_client: Any, s3_bucket: str, aws_connection: str
+) -> None:
+    s3_client.put_object(Bucket=s3_bucket, Key="cloud66/s/9/manifest.json", Body=b"{not json")
+    with pytest.raises(Exception, match=r"manifest\.json is damaged"):
+        verify(f"s3://{s3_bucket}/cloud66/s/9/manifest.json")

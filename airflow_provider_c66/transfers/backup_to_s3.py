@@ -527,7 +527,10 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
         self, client: Any, bucket: str, prefix: str, stack: str, ident: int, keys: list[str]
     ) -> list[str] | None:
         """The keys of a complete earlier archive of this backup, or None when there is none."""
-        document = _read_json(client, bucket, prefix + archive.MANIFEST_NAME)
+        try:
+            document = read_manifest(client, bucket, prefix + archive.MANIFEST_NAME)
+        except ValueError:  # damaged: the archive is copied again and the manifest replaced
+            document = None
         if document is None or not archive.manifest_matches(document, stack, ident, keys):
             return None
         for entry in document["objects"]:
@@ -629,7 +632,8 @@ def _head(client: Any, bucket: str, key: str) -> dict[str, Any] | None:
         raise
 
 
-def _read_json(client: Any, bucket: str, key: str) -> dict[str, Any] | None:
+def read_manifest(client: Any, bucket: str, key: str) -> dict[str, Any] | None:
+    """The JSON object stored at the key, or None when there is none; ValueError when it is not one."""
     from botocore.exceptions import ClientError
 
     try:
@@ -638,8 +642,7 @@ def _read_json(client: Any, bucket: str, key: str) -> dict[str, Any] | None:
         if s3_error_code(exc) in _MISSING:
             return None
         raise
-    try:
-        document = json.loads(body)
-    except ValueError:
-        return None
-    return document if isinstance(document, dict) else None
+    document = json.loads(body)  # a json.JSONDecodeError is a ValueError
+    if not isinstance(document, dict):
+        raise ValueError(f"s3://{bucket}/{key} holds JSON that is not an object")
+    return document

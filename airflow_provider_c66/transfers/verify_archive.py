@@ -7,12 +7,12 @@ manifest, and the checksum S3 stored at upload with the bytes read back.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from airflow_provider_c66.exceptions import Cloud66InputError
 from airflow_provider_c66.transfers import archive
+from airflow_provider_c66.transfers.backup_to_s3 import read_manifest
 from airflow_provider_c66.transfers.copy_engine import (
     ArchiveDigest,
     flexible_checksums,
@@ -59,7 +59,10 @@ class Cloud66ArchiveVerifyOperator(BaseOperator):  # type: ignore[misc]
         bucket, prefix = locate(self.archive)
         manifest_uri = archive.s3_uri(bucket, prefix + archive.MANIFEST_NAME)
         client = S3Hook(aws_conn_id=self.aws_conn_id).get_conn()
-        document = _manifest(client, bucket, prefix + archive.MANIFEST_NAME)
+        try:
+            document = read_manifest(client, bucket, prefix + archive.MANIFEST_NAME)
+        except ValueError as exc:
+            raise AirflowException(f"{manifest_uri} is damaged ({exc}); nothing to verify against.") from None
         if document is None:
             raise AirflowException(
                 f"{manifest_uri} does not exist: the archive was never completed (or was deleted); "
@@ -156,21 +159,3 @@ def locate(value: object, field: str = "archive") -> tuple[str, str]:
     if "/" not in key or prefix == "/":
         raise Cloud66InputError(field, f"must name an archive under a prefix, got {value!r:.80}")
     return bucket, prefix
-
-
-def _manifest(client: Any, bucket: str, key: str) -> dict[str, Any] | None:
-    from botocore.exceptions import ClientError
-
-    try:
-        body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
-    except ClientError as exc:
-        if s3_error_code(exc) in _MISSING:
-            return None
-        raise
-    try:
-        document = json.loads(body)
-    except ValueError:
-        raise AirflowException(f"s3://{bucket}/{key} is not JSON: the manifest is damaged") from None
-    if not isinstance(document, dict):
-        raise AirflowException(f"s3://{bucket}/{key} is not a manifest")
-    return document
