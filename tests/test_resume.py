@@ -110,7 +110,6 @@ def test_a_part_in_s3_that_differs_from_the_source_is_uploaded_again(
     assert open_uploads(s3_client, s3_bucket) == []
 
 
-@pytest.mark.s3_unsupported("nanio", "radosgw", reason="lists no upload's checksum algorithm")
 def test_an_upload_made_another_way_is_not_resumed(
     archive_factory: Callable[..., Archive], s3_client: Any, s3_bucket: str
 ) -> None:
@@ -119,6 +118,8 @@ def test_an_upload_made_another_way_is_not_resumed(
     other = s3_client.create_multipart_upload(Bucket=s3_bucket, Key=KEY, ChecksumAlgorithm="SHA256")[
         "UploadId"
     ]
+    if "ChecksumAlgorithm" not in open_uploads(s3_client, s3_bucket)[0]:
+        pytest.skip("this S3 server lists no upload's checksum algorithm (nanio, radosgw, moto before 5.2)")
     numbers = sent_parts(s3_client)
     result = copy_to_s3(archive.sources(), s3_client, s3_bucket, KEY, settings=FAST, resume=True)
     assert sorted(numbers) == [1, 2, 3] and result.reused == 0
