@@ -291,6 +291,8 @@ BAD = [
         s3_key_prefix="{stack_id}/{password}/",
     ),
     bad("transfer-prefix-int", "transfer", "s3_key_prefix", "wrong type (int)", s3_key_prefix=42),
+    bad("transfer-retry-budget-zero", "transfer", "retry_budget", "zero seconds", retry_budget=0),
+    bad("transfer-retry-budget-huge", "transfer", "retry_budget", "over an hour", retry_budget=7200),
     bad(
         "transfer-prefix-no-backup-id",
         "transfer",

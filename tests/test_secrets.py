@@ -260,7 +260,7 @@ def test_dag_runs_with_faults_and_retries_leak_no_secret(
     for expected in (
         "Copying 3 file(s)",
         "fetching a fresh signed URL",
-        "retry 1 of 5",
+        "retry 1 of 40",
         "Importing http://127.0.0.1",
     ):
         assert expected in everything, expected

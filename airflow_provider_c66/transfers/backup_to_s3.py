@@ -72,6 +72,8 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
     :param max_concurrency: parts in flight at once.
     :param verify_backup_size: compare the files' total with the record's ``backup_size`` when that
         is above 0. Cloud 66 does not document its unit; set False if it ever counts other than bytes.
+    :param retry_budget: seconds a byte range or an S3 call keeps retrying through an outage of the
+        signed-URL host or of S3 (1 to 3600; the default outlasts a two-minute outage).
     :param object_lock_mode: ``GOVERNANCE`` or ``COMPLIANCE``: every object of the archive and its
         manifest is written under S3 Object Lock retention, so neither ransomware nor a mistake can
         delete it before the date. The bucket must have Object Lock enabled (checked before any upload).
@@ -118,6 +120,7 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
         part_size: int = DEFAULT_PART_SIZE,
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         verify_backup_size: bool = True,
+        retry_budget: int = 150,
         object_lock_mode: str | None = None,
         object_lock_retain_days: int | None = None,
         object_lock_retain_until: datetime | str | None = None,
@@ -143,6 +146,7 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
         self.part_size = part_size
         self.max_concurrency = max_concurrency
         self.verify_backup_size = verify_backup_size
+        self.retry_budget = retry_budget
         self.object_lock_mode = object_lock_mode
         self.object_lock_retain_days = object_lock_retain_days
         self.object_lock_retain_until = object_lock_retain_until
@@ -194,7 +198,8 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
         if self.tags:
             extra["Tagging"] = _tagging(self.tags)
         extra.update(self._object_lock())
-        settings = CopySettings(part_size=part_size, max_concurrency=concurrency)
+        budget = validation.positive_int(self.retry_budget, "retry_budget", maximum=3600)
+        settings = CopySettings(part_size=part_size, max_concurrency=concurrency, retry_budget=float(budget))
         return stack, ident, bucket, settings, extra
 
     def _object_lock(self) -> dict[str, Any]:

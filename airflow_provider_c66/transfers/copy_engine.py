@@ -145,7 +145,10 @@ class CopySettings:
 
     :param part_size: bytes per S3 part; raised for huge archives so no upload needs 10,000+ parts.
     :param max_concurrency: parts in flight; peak memory is about ``max_concurrency x part_size``.
-    :param retries: failed attempts tolerated per byte range before the copy gives up.
+    :param retries: failed attempts tolerated per byte range (and per S3 call) before the copy gives up.
+    :param retry_budget: seconds a byte range or an S3 call keeps retrying after its first failure, so
+        a two-minute outage of the signed-URL host or of S3 is outlasted; whichever bound comes first
+        ends the retries. A cancel (``on_kill``) ends them at once.
     :param backoff_base: first pause (s) after a 5xx, 429 or network error; doubles, with full jitter.
     :param backoff_max: cap on one pause (s).
     :param connect_timeout: seconds to open a connection to a signed URL.
@@ -155,7 +158,8 @@ class CopySettings:
 
     part_size: int = 8 * MiB
     max_concurrency: int = 4
-    retries: int = 5
+    retries: int = 40
+    retry_budget: float = 150.0
     backoff_base: float = 0.5
     backoff_max: float = 8.0
     connect_timeout: float = 10.0
@@ -165,7 +169,16 @@ class CopySettings:
     def __post_init__(self) -> None:
         if self.part_size <= 0 or self.max_concurrency <= 0 or self.retries < 0:
             raise ValueError("part_size and max_concurrency must be positive and retries non-negative")
-        if min(self.backoff_base, self.backoff_max, self.connect_timeout, self.read_timeout) < 0:
+        if (
+            min(
+                self.backoff_base,
+                self.backoff_max,
+                self.connect_timeout,
+                self.read_timeout,
+                self.retry_budget,
+            )
+            < 0
+        ):
             raise ValueError("backoff and timeout settings must be non-negative")
 
 
@@ -438,7 +451,7 @@ class _Downloader:
 
     def _retrying(self, index: int, where: Callable[[], str], attempt: Callable[[str], _T]) -> _T:
         signed = self.urls[index]
-        failures = 0
+        failures, first_failure = 0, 0.0
         while True:
             self.coordinator.check()
             url, generation = signed.get()
@@ -452,10 +465,12 @@ class _Downloader:
                 raise CopyError(f"{signed.source.label}, {where()}: {exc}") from None
             except _Retry as exc:
                 failures += 1
+                first_failure = first_failure or time.monotonic()
                 what = f"{signed.source.label}, {where()}"
-                if failures > self.settings.retries:
+                spent = time.monotonic() - first_failure
+                if failures > self.settings.retries or spent > self.settings.retry_budget:
                     raise CopyError(
-                        f"{what}: giving up after {failures} failed attempts; last: {exc}"
+                        f"{what}: giving up after {failures} failed attempts over {spent:.0f} s; last: {exc}"
                     ) from None
                 if exc.expired:
                     self.log.info("%s: %s; fetching a fresh signed URL", what, exc)
@@ -768,11 +783,13 @@ class _Key:
         *,
         if_none_match: bool,
         log: logging.Logger,
+        patience: tuple[CopySettings, Callable[[float], None]] | None = None,
     ) -> None:
         self.client, self.bucket, self.key, self.extra, self.log = client, bucket, key, dict(extra), log
         self.target = f"s3://{bucket}/{key}"
         self.flexible = flexible_checksums(client)
         self.conditional = if_none_match
+        self.patience = patience  # (settings, a cancellable sleep): S3 outages are waited out
 
     def integrity(self, data: bytes | bytearray) -> dict[str, str]:
         """A checksum of one body that S3 checks before storing it: CRC32 where the store takes flexible
@@ -924,11 +941,35 @@ class _Key:
         self.s3("DeleteObject", self.client.delete_object)
 
     def s3(self, operation: str, call: Callable[..., _T], **kwargs: Any) -> _T:
-        """Call an S3 operation on this key; any failure becomes a CopyError naming the key."""
-        try:
-            return call(Bucket=self.bucket, Key=self.key, **kwargs)
-        except Exception as exc:
-            raise CopyError(f"{self.target}: S3 {operation} failed: {exc}") from exc
+        """Call an S3 operation on this key; any failure becomes a CopyError naming the key.
+
+        With patience, an outage (5xx, throttling, a dropped connection) that outlasts botocore's own
+        retries is waited out within the settings' ``retries`` and ``retry_budget``. Every call here is
+        safe to repeat: writes are conditional or checked (:meth:`write`), and an upload created twice
+        is aborted once the archive is complete.
+        """
+        failures, first_failure = 0, 0.0
+        while True:
+            try:
+                return call(Bucket=self.bucket, Key=self.key, **kwargs)
+            except Exception as exc:
+                if self.patience is None or not _transient(exc):
+                    raise CopyError(f"{self.target}: S3 {operation} failed: {exc}") from exc
+                settings, sleep = self.patience
+                failures += 1
+                first_failure = first_failure or time.monotonic()
+                spent = time.monotonic() - first_failure
+                if failures > settings.retries or spent > settings.retry_budget:
+                    raise CopyError(
+                        f"{self.target}: S3 {operation} failed {failures} times over {spent:.0f} s: {exc}"
+                    ) from exc
+                delay = RetryPolicy(
+                    backoff_base=settings.backoff_base, backoff_max=settings.backoff_max
+                ).backoff(failures)
+                self.log.warning(
+                    "%s: S3 %s failed (%s); retry %d in %.1f s", self.target, operation, exc, failures, delay
+                )
+                sleep(delay)
 
 
 def write_object(
@@ -986,7 +1027,15 @@ class _ArchiveCopy:
         self.progress, self.log = progress, log
         self.target = f"s3://{bucket}/{key}"
         self.buffers = _PartBuffers(settings.max_concurrency)
-        self.dest = _Key(client, bucket, key, extra_args, if_none_match=if_none_match, log=log)
+        self.dest = _Key(
+            client,
+            bucket,
+            key,
+            extra_args,
+            if_none_match=if_none_match,
+            log=log,
+            patience=(settings, coordinator.sleep),
+        )
 
     def run(
         self, parts: Sequence[_Part], before_complete: Callable[[], None]
@@ -1277,6 +1326,21 @@ def _holds(earlier: Mapping[str, Any], length: int, integrity: Mapping[str, str]
     return etag == hashlib.md5(data, usedforsecurity=False).hexdigest()
 
 
+def _transient(exc: BaseException) -> bool:
+    """An S3 failure worth waiting out: a 5xx, 429 or 408 answer, or no answer at all."""
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+    from botocore.exceptions import HTTPClientError
+
+    if isinstance(exc, (BotoConnectionError, HTTPClientError)):
+        return True
+    response = getattr(exc, "response", None)
+    status = (
+        response.get("ResponseMetadata", {}).get("HTTPStatusCode") if isinstance(response, dict) else None
+    )
+    # 501 Not Implemented is a store's lasting answer (a header it does not support), not an outage.
+    return isinstance(status, int) and (status >= 500 or status in (408, 429)) and status != 501
+
+
 def _resumable_failure(exc: BaseException) -> bool:
     """A failure after which the next try may continue the upload: a transient one (a 5xx, throttling,
     a timeout, a dropped connection, the source's host failing), not a cancel, a source that changed,
@@ -1289,7 +1353,7 @@ def _resumable_failure(exc: BaseException) -> bool:
     status = (
         response.get("ResponseMetadata", {}).get("HTTPStatusCode") if isinstance(response, dict) else None
     )
-    return not isinstance(status, int) or status >= 500 or status in (408, 429)
+    return not isinstance(status, int) or (status >= 500 and status != 501) or status in (408, 429)
 
 
 def s3_error_code(exc: BaseException) -> str | None:
