@@ -595,7 +595,8 @@ def request_budget(requests: list[dict[str, Any]], state: dict[str, Any]) -> dic
 
     Expected, per pair: the sensor's one check before deferring; the trigger's polls, one every poke
     interval from then until the backup appears, plus the one that finds it (and one for timing
-    slack); then the copy: get the backup, list its files, one signed URL per file.
+    slack); then the copy: get the backup, list its files, one signed URL per file, and list its
+    files again right before the archive completes (a backup still being written is never archived).
     """
     api = [r for r in requests if r["kind"] == "api"]
     files = [r for r in requests if r["kind"] == "file"]
@@ -615,8 +616,8 @@ def request_budget(requests: list[dict[str, Any]], state: dict[str, Any]) -> dic
             and r["query"].get("db_type") == backup["db_type"]
         ]
         waited = released_at - min(lists) if lists else 0.0
-        bound += 1 + math.floor(waited / POKE_INTERVAL) + 2 + 2 + len(backup["files"])
-        minimum += 1 + 1 + 2 + len(backup["files"])
+        bound += 1 + math.floor(waited / POKE_INTERVAL) + 2 + 3 + len(backup["files"])
+        minimum += 1 + 1 + 3 + len(backup["files"])
     throttled = [r for r in api if r["status"] in (429, 503)]
     errors = [r for r in requests if r["status"] >= 400]
     span = (max(r["time"] for r in api) - min(r["time"] for r in api)) if api else 0.0
