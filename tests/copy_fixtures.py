@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ import pytest
 import requests
 
 from airflow_provider_c66.testing import Cloud66Emulator, RecordedRequest
-from airflow_provider_c66.transfers.copy_engine import Source
+from airflow_provider_c66.transfers.copy_engine import CopyObserver, Source
 
 MiB = 1 << 20
 STACK = "stack-1"
@@ -80,3 +81,54 @@ def archive_factory() -> Iterator[Callable[..., Archive]]:
             return Archive(emu, emu.add_backup(STACK, size=size))
 
         yield make
+
+
+class PartWatch(CopyObserver):
+    """A test's view of a copy through the engine's public observer interface.
+
+    Counts parts started (downloads begun), parts held in memory (started, not yet released) and its
+    peak, bytes sent to S3, the order of events; runs an action when the n-th part starts: after every
+    size probe (and, for a multipart copy, after CreateMultipartUpload), the place for a fault meant
+    for the data path.
+    """
+
+    def __init__(self) -> None:
+        self.at_start: dict[int, Callable[[], None]] = {}
+        self.started = self.held = self.peak = self.sent = self.reused = 0
+        self.events: list[tuple[str, int]] = []
+        self._lock = threading.Lock()
+
+    def on_start(self, n: int, action: Callable[[], None]) -> None:
+        self.at_start[n] = action
+
+    def part_started(self, number: int, size: int) -> None:
+        with self._lock:
+            self.started += 1
+            self.held += 1
+            self.peak = max(self.peak, self.held)
+            self.events.append(("started", number))
+            action = self.at_start.pop(self.started, None)
+        if action is not None:
+            action()
+
+    def part_read(self, number: int) -> None:
+        with self._lock:
+            self.events.append(("read", number))
+
+    def part_uploaded(self, number: int, size: int, reused: bool) -> None:
+        with self._lock:
+            self.events.append(("uploaded", number))
+            if reused:
+                self.reused += size
+            else:
+                self.sent += size
+
+    def part_released(self, number: int) -> None:
+        with self._lock:
+            self.held -= 1
+            self.events.append(("released", number))
+
+
+@pytest.fixture
+def watch() -> PartWatch:
+    return PartWatch()

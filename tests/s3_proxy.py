@@ -13,14 +13,18 @@ stays on 127.0.0.1.
 
 from __future__ import annotations
 
+import datetime
 import http.client
+import ipaddress
 import socket
+import ssl
 import struct
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Literal
 from urllib.parse import parse_qsl, urlsplit
 
@@ -117,9 +121,13 @@ _OBJECT_SUBRESOURCES = {
 
 
 class S3Proxy:
-    """Forwards to ``upstream`` (``http://127.0.0.1:PORT``); ``rule`` may change what happens."""
+    """Forwards to ``upstream`` (``http://127.0.0.1:PORT``); ``rule`` may change what happens.
 
-    def __init__(self, upstream: str) -> None:
+    With ``tls`` (a server-side context, see :func:`tls_context`) it speaks HTTPS, as AWS does: the
+    client's requests are then seen as sent over TLS, which changes how botocore signs them.
+    """
+
+    def __init__(self, upstream: str, tls: ssl.SSLContext | None = None) -> None:
         parts = urlsplit(upstream)
         self.upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
         self.rule: Callable[[ProxiedRequest], Action] = lambda request: None
@@ -141,12 +149,16 @@ class S3Proxy:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
+        self.scheme = "http"
+        if tls is not None:
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
+            self.scheme = "https"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
     def endpoint(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return f"{self.scheme}://{host!s}:{port}"
 
     def operations(self) -> list[tuple[str, str]]:
         with self._lock:
@@ -224,9 +236,46 @@ class S3Proxy:
         self._server.server_close()
 
 
+def tls_context(directory: Path) -> tuple[ssl.SSLContext, Path]:
+    """A server context with a fresh self-signed certificate for 127.0.0.1, and the certificate's
+    path (a client's CA bundle: the AWS connection's ``verify``)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "s3-proxy.crt", directory / "s3-proxy.key"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_path, key_path)
+    return context, cert_path
+
+
 @contextmanager
-def s3_proxy(upstream: str) -> Iterator[S3Proxy]:
-    proxy = S3Proxy(upstream).start()
+def s3_proxy(upstream: str, tls: ssl.SSLContext | None = None) -> Iterator[S3Proxy]:
+    proxy = S3Proxy(upstream, tls).start()
     try:
         yield proxy
     finally:

@@ -33,7 +33,7 @@ from airflow_provider_c66.transfers.copy_engine import (
     choose_part_size,
     copy_to_s3,
 )
-from tests.copy_fixtures import STACK, Archive
+from tests.copy_fixtures import STACK, Archive, PartWatch
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -120,46 +120,6 @@ def failing_on_call(operation: str, on_call: int) -> Callable[..., None]:
 def fail_operation(client: Any, operation: str, on_call: int) -> None:
     """Make the ``on_call``-th call of an S3 operation on ``client`` fail as S3 would."""
     client.meta.events.register(f"before-call.s3.{operation}", failing_on_call(operation, on_call))
-
-
-class BufferHooks:
-    """Wraps the engine's part-buffer pool: counts buffers in use and runs callbacks at the n-th take.
-
-    The first take happens after every size probe, right before the first data GET, which makes it
-    the place to inject a fault meant for the data path rather than for a probe.
-    """
-
-    def __init__(self) -> None:
-        self.at_take: dict[int, Callable[[], None]] = {}
-        self.pools: list[copy_engine._PartBuffers] = []
-        self.takes = 0
-
-    def on_take(self, n: int, action: Callable[[], None]) -> None:
-        self.at_take[n] = action
-
-    @property
-    def peak(self) -> int:
-        return max(pool.peak for pool in self.pools)
-
-
-@pytest.fixture
-def buffers(monkeypatch: pytest.MonkeyPatch) -> BufferHooks:
-    hooks = BufferHooks()
-
-    class Recording(copy_engine._PartBuffers):
-        def __init__(self, limit: int) -> None:
-            super().__init__(limit)
-            hooks.pools.append(self)
-
-        def take(self, size: int) -> bytearray:
-            hooks.takes += 1
-            action = hooks.at_take.pop(hooks.takes, None)
-            if action is not None:
-                action()
-            return super().take(size)
-
-    monkeypatch.setattr(copy_engine, "_PartBuffers", Recording)
-    return hooks
 
 
 # -- part sizing -----------------------------------------------------------------------------------
@@ -314,19 +274,68 @@ def test_small_split_archive_is_one_put(
     assert sent[0][1]["x-amz-checksum-crc32"] == crc32_b64(archive.content())
 
 
-def test_parts_in_flight_never_exceed_max_concurrency(
-    archive_factory: Callable[..., Archive], s3_client: Any, s3_bucket: str, buffers: BufferHooks
+class SlowUploads:
+    """Holds every UploadPart for ``delay`` seconds before it is sent, and counts them in flight."""
+
+    def __init__(self, client: Any, delay: float) -> None:
+        self.delay, self.in_flight, self.peak = delay, 0, 0
+        self._lock = threading.Lock()
+        client.meta.events.register("before-call.s3.UploadPart", self.before)
+        client.meta.events.register("after-call.s3.UploadPart", self.after)
+
+    def before(self, **kwargs: Any) -> None:
+        with self._lock:
+            self.in_flight += 1
+            self.peak = max(self.peak, self.in_flight)
+        time.sleep(self.delay)
+
+    def after(self, **kwargs: Any) -> None:
+        with self._lock:
+            self.in_flight -= 1
+
+
+def peak_reading(events: list[tuple[str, int]]) -> int:
+    """The most parts downloading at once: started and not yet read."""
+    reading = peak = 0
+    for event, _ in events:
+        reading += {"started": 1, "read": -1}.get(event, 0)
+        peak = max(peak, reading)
+    return peak
+
+
+def test_part_memory_is_bounded_by_twice_max_concurrency(
+    archive_factory: Callable[..., Archive], s3_client: Any, s3_bucket: str, watch: PartWatch
 ) -> None:
-    size = 31 * MiB
-    archive = archive_factory(size, bandwidth_per_connection=64 * MiB)
+    """Uploads slower than downloads fill the pipeline: 2 x max_concurrency parts held, never more."""
+    archive = archive_factory(41 * MiB, bandwidth_per_connection=64 * MiB)
+    uploads = SlowUploads(s3_client, delay=0.3)
     settings = CopySettings(part_size=5 * MiB, max_concurrency=2, progress_interval=0.05)
 
-    result = copy_to_s3(archive.sources(), s3_client, s3_bucket, KEY, settings=settings)
+    result = copy_to_s3(archive.sources(), s3_client, s3_bucket, KEY, settings=settings, observers=[watch])
 
-    assert result.parts == 7 and result.sha256 == archive.sha256()
-    assert buffers.takes == 7
-    assert buffers.peak == 2  # reached, never passed
-    assert buffers.pools[0].in_use == 0
+    assert result.parts == 9 and result.sha256 == archive.sha256()
+    assert read_object(s3_client, s3_bucket) == archive.content()
+    assert watch.started == 9 and watch.sent == 41 * MiB
+    assert watch.peak == 4  # 2 x max_concurrency: reached, never passed
+    assert watch.held == 0
+    assert uploads.peak == 2 and peak_reading(watch.events) <= 2
+
+
+def test_downloads_go_on_while_parts_upload(
+    archive_factory: Callable[..., Archive], s3_client: Any, s3_bucket: str, watch: PartWatch
+) -> None:
+    """The pipeline: while the first parts upload, the next ones download (each stage in archive order)."""
+    archive = archive_factory(30 * MiB, bandwidth_per_connection=64 * MiB)
+    SlowUploads(s3_client, delay=0.5)
+    settings = CopySettings(part_size=5 * MiB, max_concurrency=2, progress_interval=0.05)
+
+    copy_to_s3(archive.sources(), s3_client, s3_bucket, KEY, settings=settings, observers=[watch])
+
+    first_upload_done = watch.events.index(("uploaded", 1))
+    assert {("started", 3), ("started", 4), ("read", 3), ("read", 4)} <= set(watch.events[:first_upload_done])
+    released = [number for event, number in watch.events if event == "released"]
+    assert released == [1, 2, 3, 4, 5, 6]  # hashed in archive order
+    assert read_object(s3_client, s3_bucket) == archive.content()
 
 
 # -- faults on the file server ---------------------------------------------------------------------
@@ -356,7 +365,7 @@ def test_broken_body_resumes_at_the_byte_it_stopped(
     archive_factory: Callable[..., Archive],
     s3_client: Any,
     s3_bucket: str,
-    buffers: BufferHooks,
+    watch: PartWatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.WARNING, logger=copy_engine.__name__)
@@ -364,9 +373,9 @@ def test_broken_body_resumes_at_the_byte_it_stopped(
     archive = archive_factory(size)
     after = 1_500_000
     inject = archive.emu.drop_connection_next if fault == "drop" else archive.emu.truncate_next
-    buffers.on_take(1, lambda: inject(1, r"\.tar$", after_bytes=after))
+    watch.on_start(1, lambda: inject(1, r"\.tar$", after_bytes=after))
 
-    result = copy_to_s3(archive.sources(), s3_client, s3_bucket, KEY, settings=FAST)
+    result = copy_to_s3(archive.sources(), s3_client, s3_bucket, KEY, settings=FAST, observers=[watch])
 
     assert read_object(s3_client, s3_bucket) == archive.content()
     assert result.sha256 == archive.sha256()
@@ -392,13 +401,13 @@ def test_broken_body_resumes_at_the_byte_it_stopped(
     outcome="succeeded, byte-exact",
 )
 def test_overlong_body_reads_exactly_the_range(
-    archive_factory: Callable[..., Archive], s3_client: Any, s3_bucket: str, buffers: BufferHooks
+    archive_factory: Callable[..., Archive], s3_client: Any, s3_bucket: str, watch: PartWatch
 ) -> None:
     size = 12 * MiB + 3
     archive = archive_factory(size)
-    buffers.on_take(1, lambda: archive.emu.overlong_next(2, r"\.tar$", extra=4096))
+    watch.on_start(1, lambda: archive.emu.overlong_next(2, r"\.tar$", extra=4096))
 
-    copy_to_s3(archive.sources(), s3_client, s3_bucket, KEY, settings=FAST)
+    copy_to_s3(archive.sources(), s3_client, s3_bucket, KEY, settings=FAST, observers=[watch])
 
     assert read_object(s3_client, s3_bucket) == archive.content()
     assert ranges(archive.data_requests()) == planned(size)
@@ -410,15 +419,15 @@ def test_overlong_body_reads_exactly_the_range(
     outcome="succeeded, byte-exact",
 )
 def test_range_ignored_skips_to_the_offset(
-    archive_factory: Callable[..., Archive], s3_client: Any, s3_bucket: str, buffers: BufferHooks
+    archive_factory: Callable[..., Archive], s3_client: Any, s3_bucket: str, watch: PartWatch
 ) -> None:
     size = 12 * MiB + 3
     archive = archive_factory(size)
     archive.emu.ignore_range_next(1, r"\.tar$")  # the probe gets a 200 with the whole file
-    buffers.on_take(2, lambda: archive.emu.ignore_range_next(1, r"\.tar$"))  # so does part 2
+    watch.on_start(2, lambda: archive.emu.ignore_range_next(1, r"\.tar$"))  # so does part 2
     settings = replace(FAST, max_concurrency=1)
 
-    result = copy_to_s3(archive.sources(), s3_client, s3_bucket, KEY, settings=settings)
+    result = copy_to_s3(archive.sources(), s3_client, s3_bucket, KEY, settings=settings, observers=[watch])
 
     assert read_object(s3_client, s3_bucket) == archive.content()
     assert result.size == size
@@ -434,13 +443,13 @@ def test_range_ignored_skips_to_the_offset(
     outcome="retried and succeeded",
 )
 def test_expired_urls_are_fetched_again_once_per_file(
-    archive_factory: Callable[..., Archive], s3_client: Any, s3_bucket: str, buffers: BufferHooks
+    archive_factory: Callable[..., Archive], s3_client: Any, s3_bucket: str, watch: PartWatch
 ) -> None:
     size = 16 * MiB
     archive = archive_factory(size, split_threshold=10 * MiB, split_size=8 * MiB)
-    buffers.on_take(1, archive.emu.expire_urls)
+    watch.on_start(1, archive.emu.expire_urls)
 
-    result = copy_to_s3(archive.sources(), s3_client, s3_bucket, KEY, settings=FAST)
+    result = copy_to_s3(archive.sources(), s3_client, s3_bucket, KEY, settings=FAST, observers=[watch])
 
     assert read_object(s3_client, s3_bucket) == archive.content()
     assert result.sha256 == archive.sha256()
@@ -476,14 +485,14 @@ def test_server_errors_are_retried(
     archive_factory: Callable[..., Archive],
     s3_client: Any,
     s3_bucket: str,
-    buffers: BufferHooks,
+    watch: PartWatch,
 ) -> None:
     size = 12 * MiB + 3
     archive = archive_factory(size)
     archive.emu.fail_next(1, r"\.tar$", status=status)  # the probe
-    buffers.on_take(1, lambda: archive.emu.fail_next(2, r"\.tar$", status=status))
+    watch.on_start(1, lambda: archive.emu.fail_next(2, r"\.tar$", status=status))
 
-    result = copy_to_s3(archive.sources(), s3_client, s3_bucket, KEY, settings=FAST)
+    result = copy_to_s3(archive.sources(), s3_client, s3_bucket, KEY, settings=FAST, observers=[watch])
 
     assert read_object(s3_client, s3_bucket) == archive.content()
     assert result.sha256 == archive.sha256()
@@ -500,16 +509,21 @@ def test_stalled_answer_times_out_and_is_retried(
     archive_factory: Callable[..., Archive],
     s3_client: Any,
     s3_bucket: str,
-    buffers: BufferHooks,
+    watch: PartWatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.WARNING, logger=copy_engine.__name__)
     size = 12 * MiB
     archive = archive_factory(size)
-    buffers.on_take(1, lambda: archive.emu.slow_next(1, r"\.tar$", delay=1.0))
+    watch.on_start(1, lambda: archive.emu.slow_next(1, r"\.tar$", delay=1.0))
 
     result = copy_to_s3(
-        archive.sources(), s3_client, s3_bucket, KEY, settings=replace(FAST, read_timeout=0.3)
+        archive.sources(),
+        s3_client,
+        s3_bucket,
+        KEY,
+        settings=replace(FAST, read_timeout=0.3),
+        observers=[watch],
     )
 
     assert result.sha256 == archive.sha256()
@@ -534,17 +548,17 @@ def test_retries_exhausted_names_the_file_and_leaks_no_signature(
     archive_factory: Callable[..., Archive],
     s3_client: Any,
     s3_bucket: str,
-    buffers: BufferHooks,
+    watch: PartWatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="botocore")  # its DEBUG dumps whole request bodies
     caplog.set_level(logging.DEBUG)  # after: set_level also sets the capturing handler's level
     archive = archive_factory(12 * MiB)
-    buffers.on_take(1, lambda: archive.emu.fail_next(100, r"\.tar$", status=503))
+    watch.on_start(1, lambda: archive.emu.fail_next(100, r"\.tar$", status=503))
     settings = replace(FAST, retries=2)
 
     with pytest.raises(CopyError) as caught:
-        copy_to_s3(archive.sources(), s3_client, s3_bucket, KEY, settings=settings)
+        copy_to_s3(archive.sources(), s3_client, s3_bucket, KEY, settings=settings, observers=[watch])
 
     message = str(caught.value)
     assert "app_db.tar (file tar), bytes " in message
@@ -606,7 +620,7 @@ def test_url_provider_failure_names_the_file(s3_client: Any, s3_bucket: str) -> 
     outcome="aborted, nothing left",
 )
 def test_file_size_changed_during_copy(
-    archive_factory: Callable[..., Archive], s3_client: Any, s3_bucket: str, buffers: BufferHooks
+    archive_factory: Callable[..., Archive], s3_client: Any, s3_bucket: str, watch: PartWatch
 ) -> None:
     """The probe saw one size; after a 403 the fresh URL serves a file of another size."""
     archive = archive_factory(12 * MiB)
@@ -614,11 +628,11 @@ def test_file_size_changed_during_copy(
     first = archive.provider("tar")
     second = archive.provider("tar", backup_id=other)
     providers = iter([first, second, second, second])
-    buffers.on_take(1, archive.emu.expire_urls)
+    watch.on_start(1, archive.emu.expire_urls)
     source = Source("tar", "app_db.tar", lambda: next(providers)())
 
     with pytest.raises(CopyError, match=r"size changed from 12582912 to 13631488 bytes"):
-        copy_to_s3([source], s3_client, s3_bucket, KEY, settings=FAST)
+        copy_to_s3([source], s3_client, s3_bucket, KEY, settings=FAST, observers=[watch])
     assert_nothing_left(s3_client, s3_bucket)
 
 
@@ -666,7 +680,7 @@ def test_failed_complete_aborts(
     outcome="aborted, nothing left",
 )
 def test_cancel_mid_copy_aborts(
-    archive_factory: Callable[..., Archive], s3_client: Any, s3_bucket: str, buffers: BufferHooks
+    archive_factory: Callable[..., Archive], s3_client: Any, s3_bucket: str, watch: PartWatch
 ) -> None:
     archive = archive_factory(16 * MiB, bandwidth_per_connection=4 * MiB)
     calls = S3Calls(s3_client)
@@ -680,16 +694,18 @@ def test_cancel_mid_copy_aborts(
 
         threading.Timer(0.4, fire).start()
 
-    buffers.on_take(1, cancel_soon)
+    watch.on_start(1, cancel_soon)
 
     with pytest.raises(CopyCancelled, match=r"cancelled after .* nothing was left in S3"):
-        copy_to_s3(archive.sources(), s3_client, s3_bucket, KEY, settings=FAST, cancel=cancel)
+        copy_to_s3(
+            archive.sources(), s3_client, s3_bucket, KEY, settings=FAST, cancel=cancel, observers=[watch]
+        )
 
     assert time.monotonic() - cancelled_at[0] < 2.0
     assert calls.operations[0] == "CreateMultipartUpload"
     assert calls.operations[-1] == "AbortMultipartUpload"
     assert_nothing_left(s3_client, s3_bucket)
-    assert buffers.pools[0].in_use == 0
+    assert watch.held == 0
 
 
 def test_cancel_before_start(archive_factory: Callable[..., Archive], s3_client: Any, s3_bucket: str) -> None:
@@ -855,12 +871,12 @@ def test_composite_checksum_and_etag_are_s3s() -> None:
 )
 @pytest.mark.parametrize("code", ["ExpiredToken", "TokenRefreshRequired"])
 def test_expired_session_token_fetches_a_fresh_url(
-    archive_factory: Callable[..., Archive], s3_client: Any, s3_bucket: str, buffers: BufferHooks, code: str
+    archive_factory: Callable[..., Archive], s3_client: Any, s3_bucket: str, watch: PartWatch, code: str
 ) -> None:
     archive = archive_factory(12 * MiB + 3)
-    buffers.on_take(2, lambda: archive.emu.expire_urls(code))
+    watch.on_start(2, lambda: archive.emu.expire_urls(code))
 
-    result = copy_to_s3(archive.sources(), s3_client, s3_bucket, KEY, settings=FAST)
+    result = copy_to_s3(archive.sources(), s3_client, s3_bucket, KEY, settings=FAST, observers=[watch])
 
     assert read_object(s3_client, s3_bucket) == archive.content() and result.size == 12 * MiB + 3
     statuses = [r.status for r in archive.file_requests()]

@@ -28,9 +28,9 @@ from airflow_provider_c66.exceptions import Cloud66ApiError, Cloud66ResponseErro
 from airflow_provider_c66.hooks.cloud66 import Cloud66Hook
 from airflow_provider_c66.models import Backup, BackupFile
 from airflow_provider_c66.testing.pytest_plugin import connection_json
-from airflow_provider_c66.transfers import copy_engine
 from airflow_provider_c66.transfers.backup_to_s3 import Cloud66BackupToS3Operator
 from airflow_provider_c66.transfers.copy_engine import CopyError
+from tests.copy_fixtures import PartWatch
 
 MiB = 1 << 20
 ROOT = Path(__file__).resolve().parent.parent
@@ -107,21 +107,11 @@ def wait_until(condition: Callable[[], bool], timeout: float = 60.0) -> None:
 
 @pytest.fixture
 def on_part(monkeypatch: pytest.MonkeyPatch) -> Callable[[int, Callable[[], None]], None]:
-    """Run an action when the copy engine takes its n-th part buffer (after the size probes and,
+    """Run an action when the n-th part of the operator's copies starts (after the size probes and,
     for a multipart copy, after CreateMultipartUpload: the place for a fault meant for the data path)."""
-    actions: dict[int, Callable[[], None]] = {}
-    taken = [0]
-
-    class Hooked(copy_engine._PartBuffers):
-        def take(self, size: int) -> bytearray:
-            taken[0] += 1
-            action = actions.pop(taken[0], None)
-            if action is not None:
-                action()
-            return super().take(size)
-
-    monkeypatch.setattr(copy_engine, "_PartBuffers", Hooked)
-    return actions.__setitem__
+    watch = PartWatch()
+    monkeypatch.setattr(Cloud66BackupToS3Operator, "copy_observers", lambda self: [watch])
+    return watch.on_start
 
 
 def s3_error(code: str, operation: str) -> ClientError:

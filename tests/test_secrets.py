@@ -20,9 +20,9 @@ import pytest
 from airflow_provider_c66.operators.backups import Cloud66CreateBackupOperator, Cloud66ImportBackupOperator
 from airflow_provider_c66.sensors.backups import Cloud66BackupSensor
 from airflow_provider_c66.testing.emulator import Cloud66Emulator
-from airflow_provider_c66.transfers import copy_engine
 from airflow_provider_c66.transfers.backup_to_s3 import Cloud66BackupToS3Operator
 from airflow_provider_c66.transfers.s3_to_cloud66 import S3ToCloud66ImportOperator
+from tests.copy_fixtures import PartWatch
 from tests.test_copy_engine import failing_on_call
 from tests.test_sensor import Failures
 
@@ -150,17 +150,14 @@ def test_dag_runs_with_faults_and_retries_leak_no_secret(
     # a 404 for the other backup's file (the "broken" task fails for good).
     emu.rate_limit_next(1, r"app_db\.tar", retry_after=0)
     emu.fail_next(1, r"ledger\.tar$", status=404)
-    takes = [0]
 
-    class Faulty(copy_engine._PartBuffers):
-        def take(self, size: int) -> bytearray:
-            takes[0] += 1
-            if takes[0] == 1:
-                emu.expire_urls()
-                emu.drop_connection_next(1, r"app_db\.tar", after_bytes=200_000)
-            return super().take(size)
+    def expire_and_drop() -> None:
+        emu.expire_urls()
+        emu.drop_connection_next(1, r"app_db\.tar", after_bytes=200_000)
 
-    monkeypatch.setattr(copy_engine, "_PartBuffers", Faulty)
+    watch = PartWatch()
+    watch.on_start(1, expire_and_drop)
+    monkeypatch.setattr(Cloud66BackupToS3Operator, "copy_observers", lambda self: [watch])
     # The upload: the first try's second UploadPart fails (the try fails, the retry completes).
     original_client = Cloud66BackupToS3Operator._s3_client
     upload_part_fault = failing_on_call("UploadPart", on_call=2)

@@ -19,7 +19,12 @@ from airflow_provider_c66.hooks.cloud66 import Cloud66Hook
 from airflow_provider_c66.models import Backup, BackupFile
 from airflow_provider_c66.transfers import archive
 from airflow_provider_c66.transfers.archive import ArchivedObject
-from airflow_provider_c66.transfers.copy_engine import ObjectExists, SourceChanged, s3_error_code
+from airflow_provider_c66.transfers.copy_engine import (
+    CopyObserver,
+    ObjectExists,
+    SourceChanged,
+    s3_error_code,
+)
 
 try:
     from airflow.providers.common.compat.sdk import AirflowException, AssetAlias, BaseOperator
@@ -384,6 +389,7 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
                 if_none_match=key not in taken,
                 resume=True,
                 keep_upload_on_failure=tries_left,
+                observers=self.copy_observers(),
             )
             objects.append(
                 ArchivedObject(
@@ -506,6 +512,14 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
         if self._cancel is not None:
             self._cancel.set()
 
+    def copy_observers(self) -> list[CopyObserver]:
+        """Observers told of each copy's parts and bytes, besides the progress log; none by default.
+
+        Override it in a subclass to meter or watch the copies (see
+        :class:`~airflow_provider_c66.transfers.copy_engine.CopyObserver`); a new list per call.
+        """
+        return []
+
     # --- helpers --------------------------------------------------------------------------------
     def _plan(self, prefix: str, files: Sequence[BackupFile]) -> dict[str, list[BackupFile]]:
         """Which files go into which key: all into one (join_parts) or one key per file."""
@@ -524,9 +538,17 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
         from botocore.config import Config
 
         s3 = S3Hook(aws_conn_id=self.aws_conn_id)
-        # Each part in flight holds one pooled connection; botocore's default pool is 10.
+        # Each part uploading holds one pooled connection; botocore's default pool is 10.
         config = s3.config.merge(Config(max_pool_connections=max(10, max_concurrency + 2)))
-        return s3.get_client_type(config=config)
+        client = s3.get_client_type(config=config)
+        options: Any = dict(config.s3 or {})
+        if str(client.meta.endpoint_url).startswith("https://") and "payload_signing_enabled" not in options:
+            # Over TLS every part already carries its CRC32 (or Content-MD5), which S3 checks; botocore
+            # would still SHA-256 the whole body to sign it, a pass over every byte that adds nothing.
+            # The connection's own setting, when it has one, wins. Plain HTTP keeps the signed payload.
+            options["payload_signing_enabled"] = False
+            client = s3.get_client_type(config=config.merge(Config(s3=options)))
+        return client
 
     def _complete_archive(
         self, client: Any, bucket: str, prefix: str, stack: str, ident: int, keys: list[str]

@@ -1,9 +1,10 @@
 """Copy a backup's files from short-lived signed GET URLs into one S3 object: bounded, parallel, verified.
 
 This is the data path the package exists for. The archive (the sources concatenated in order) is cut
-into parts; each part is read with ranged GETs into one exact-size buffer and sent as an ``UploadPart``,
-at most ``max_concurrency`` parts at a time, so memory stays near ``max_concurrency x part_size`` for any
-archive size. A read that breaks resumes at the byte it stopped at; an expired URL (403) is replaced
+into parts; each part is read with ranged GETs into one exact-size buffer and sent as an ``UploadPart``.
+Downloads and uploads overlap as a pipeline (``max_concurrency`` parts downloading while as many
+upload), and at most ``2 x max_concurrency`` part buffers exist at once, so memory stays within
+``2 x max_concurrency x part_size`` plus a constant for any archive size. A read that breaks resumes at the byte it stopped at; an expired URL (403) is replaced
 through the source's ``url_provider``. Every part's byte count is checked and its CRC32 sent to S3; the
 upload is completed only when every part is in, and any failure or cancellation aborts it, so the key
 ends up holding the whole archive or nothing.
@@ -44,9 +45,11 @@ __all__ = [
     "ArchiveDigest",
     "CopyCancelled",
     "CopyError",
+    "CopyObserver",
     "CopyResult",
     "CopySettings",
     "ObjectExists",
+    "ProgressLog",
     "Source",
     "SourceChanged",
     "abort_stale_uploads",
@@ -144,7 +147,9 @@ class CopySettings:
     """How one copy runs.
 
     :param part_size: bytes per S3 part; raised for huge archives so no upload needs 10,000+ parts.
-    :param max_concurrency: parts in flight; peak memory is about ``max_concurrency x part_size``.
+    :param max_concurrency: parts downloading at once, and parts uploading at once; at most
+        ``2 x max_concurrency`` part buffers exist, so part memory is at most
+        ``2 x max_concurrency x part_size``.
     :param retries: failed attempts tolerated per byte range (and per S3 call) before the copy gives up.
     :param retry_budget: seconds a byte range or an S3 call keeps retrying after its first failure, so
         a two-minute outage of the signed-URL host or of S3 is outlasted; whichever bound comes first
@@ -643,16 +648,93 @@ def _redact_urllib3_logs() -> None:
             target.addFilter(_RedactSignedUrls())
 
 
-class _Progress:
-    """Counts bytes landed in part buffers; logs done/total, MiB/s and ETA every ``interval`` seconds."""
+class CopyObserver:
+    """What a copy reports as it runs, like s3transfer's subscribers; every method here does nothing.
 
-    def __init__(self, total: int, interval: float, log: logging.Logger, target: str) -> None:
-        self.total, self.interval, self.log, self.target = total, interval, log, target
-        self.done = 0
+    Subclass it and override what you need: the operator logs progress through one
+    (:class:`ProgressLog`), the tests count parts in flight and inject faults at a chosen moment through
+    one, the benchmark counts the bytes sent. Methods are called from the copy's worker threads, so keep
+    them quick and thread-safe. What a method raises fails the copy, which leaves nothing in S3.
+
+    Parts are numbered from 1 in archive order; a single-part copy (PutObject) has part 1.
+    """
+
+    def copy_started(self, target: str, size: int, part_sizes: Sequence[int]) -> None:
+        """The sources were probed and the parts planned; nothing has been read yet."""
+
+    def part_started(self, number: int, size: int) -> None:
+        """A part buffer was taken and the part's source bytes are about to be read."""
+
+    def bytes_read(self, count: int) -> None:
+        """``count`` more source bytes landed in a part buffer (also when a retry reads them again)."""
+
+    def part_read(self, number: int) -> None:
+        """The part is in memory and checksummed; its upload comes next."""
+
+    def part_uploaded(self, number: int, size: int, reused: bool) -> None:
+        """S3 holds the part: sent now, or (``reused``) sent by an earlier try and checked to match."""
+
+    def part_released(self, number: int) -> None:
+        """The part's buffer was freed: the part was hashed into the archive's digest in order, or
+        the copy failed. Parts started and not yet released are the parts held in memory."""
+
+    def copy_finished(self, result: CopyResult, seconds: float) -> None:
+        """The object is in S3 and verified."""
+
+
+class _Observers(CopyObserver):
+    """Calls every observer in turn."""
+
+    def __init__(self, observers: Sequence[CopyObserver]) -> None:
+        self.observers = tuple(observers)
+        self.read = 0  # source bytes read, for the cancel message
+        self._lock = threading.Lock()
+
+    def copy_started(self, target: str, size: int, part_sizes: Sequence[int]) -> None:
+        for observer in self.observers:
+            observer.copy_started(target, size, part_sizes)
+
+    def part_started(self, number: int, size: int) -> None:
+        for observer in self.observers:
+            observer.part_started(number, size)
+
+    def bytes_read(self, count: int) -> None:
+        with self._lock:
+            self.read += count
+        for observer in self.observers:
+            observer.bytes_read(count)
+
+    def part_read(self, number: int) -> None:
+        for observer in self.observers:
+            observer.part_read(number)
+
+    def part_uploaded(self, number: int, size: int, reused: bool) -> None:
+        for observer in self.observers:
+            observer.part_uploaded(number, size, reused)
+
+    def part_released(self, number: int) -> None:
+        for observer in self.observers:
+            observer.part_released(number)
+
+    def copy_finished(self, result: CopyResult, seconds: float) -> None:
+        for observer in self.observers:
+            observer.copy_finished(result, seconds)
+
+
+class ProgressLog(CopyObserver):
+    """Logs bytes read, done/total, MiB/s and ETA every ``interval`` seconds, and the copy's summary."""
+
+    def __init__(self, log: logging.Logger, interval: float = 5.0) -> None:
+        self.log, self.interval = log, interval
+        self.target, self.total, self.done = "", 0, 0
         self.started = self._last = time.monotonic()
         self._lock = threading.Lock()
 
-    def add(self, count: int) -> None:
+    def copy_started(self, target: str, size: int, part_sizes: Sequence[int]) -> None:
+        self.target, self.total = target, size
+        self.started = self._last = time.monotonic()
+
+    def bytes_read(self, count: int) -> None:
         with self._lock:
             self.done += count
             now = time.monotonic()
@@ -660,7 +742,7 @@ class _Progress:
                 return
             self._last, done = now, self.done
         rate = done / max(now - self.started, 1e-9)
-        eta = str(timedelta(seconds=round((self.total - done) / rate))) if rate else "unknown"
+        eta = str(timedelta(seconds=round(max(self.total - done, 0) / rate))) if rate else "unknown"
         percent = 100 * done / max(self.total, 1)
         self.log.info(
             "%s: %s of %s (%.0f%%), %.1f MiB/s, ETA %s",
@@ -670,6 +752,17 @@ class _Progress:
             percent,
             rate / MiB,
             eta,
+        )
+
+    def copy_finished(self, result: CopyResult, seconds: float) -> None:
+        self.log.info(
+            "Copied %s to s3://%s/%s in %.1f s (%.1f MiB/s), sha256 %s",
+            _mib(result.size),
+            result.bucket,
+            result.key,
+            seconds,
+            result.size / MiB / max(seconds, 1e-9),
+            result.sha256,
         )
 
 
@@ -1001,6 +1094,24 @@ def write_object(
     dest.verify(len(body), answer.get("VersionId"))
 
 
+class _Pipeline:
+    """The copy's two stages: ``max_concurrency`` threads download parts, as many upload them.
+
+    Each stage runs its parts in submission (archive) order. A download hands its filled buffer to the
+    upload stage and takes the next part at once, so neither direction waits for the other.
+    """
+
+    def __init__(self, max_concurrency: int) -> None:
+        self.download = ThreadPoolExecutor(max_concurrency, thread_name_prefix="c66-read")
+        self.upload = ThreadPoolExecutor(max_concurrency, thread_name_prefix="c66-send")
+
+    def shutdown(self) -> None:
+        """Wait for the running parts (each stops at its next check once the copy failed or was
+        cancelled) and drop the queued ones; downloads first, since a download may queue an upload."""
+        self.download.shutdown(wait=True, cancel_futures=True)
+        self.upload.shutdown(wait=True, cancel_futures=True)
+
+
 class _ArchiveCopy:
     """Moves one planned archive into one key (PutObject or multipart) and owns that upload's cleanup."""
 
@@ -1013,7 +1124,7 @@ class _ArchiveCopy:
         settings: CopySettings,
         downloader: _Downloader,
         coordinator: _Coordinator,
-        progress: _Progress,
+        observers: _Observers,
         log: logging.Logger,
         if_none_match: bool = False,
         resume: bool = False,
@@ -1024,9 +1135,11 @@ class _ArchiveCopy:
         self.reused = 0
         self._reused_lock = threading.Lock()
         self.settings, self.downloader, self.coordinator = settings, downloader, coordinator
-        self.progress, self.log = progress, log
+        self.observers, self.log = observers, log
         self.target = f"s3://{bucket}/{key}"
-        self.buffers = _PartBuffers(settings.max_concurrency)
+        # The pipeline's memory bound: a part holds a buffer from the start of its download until the
+        # main thread has hashed it, and at most 2 x max_concurrency parts are between those points.
+        self.buffers = _PartBuffers(2 * settings.max_concurrency)
         self.dest = _Key(
             client,
             bucket,
@@ -1062,10 +1175,12 @@ class _ArchiveCopy:
         return etag, digest, stored_checksum(head)
 
     def _put(self, part: _Part, settle: Callable[[], None]) -> tuple[str, ArchiveDigest, str | None]:
+        self.observers.part_started(part.number, part.length)
         data = self.buffers.take(part.length)
         try:
             self._fill(part, data)
             integrity = self.dest.integrity(data)
+            self.observers.part_read(part.number)
             md5 = base64.b64decode(integrity["ContentMD5"]).hex() if "ContentMD5" in integrity else None
             settle()
             answer = self.dest.write(
@@ -1076,27 +1191,28 @@ class _ArchiveCopy:
                 **integrity,
                 **self.extra,
             )
+            self.observers.part_uploaded(part.number, part.length, False)
             digest = ArchiveDigest()
             digest.update(data)
-            return answer["ETag"], digest, answer.get("VersionId")
         finally:
-            self.buffers.give_back(data)
+            self._release(part.number, data)
+        return answer["ETag"], digest, answer.get("VersionId")
 
     def _multipart(
         self, parts: Sequence[_Part], settle: Callable[[], None]
     ) -> tuple[str, ArchiveDigest, str | None]:
         found = self._resumable(parts) if self.resume else None
         upload_id, full_object, earlier = found or (*self._create(), {})
-        pool = ThreadPoolExecutor(self.settings.max_concurrency, thread_name_prefix="c66-copy")
+        pools = _Pipeline(self.settings.max_concurrency)
         try:
-            completed, digest = self._upload_parts(pool, upload_id, parts, earlier)
+            completed, digest = self._upload_parts(pools, upload_id, parts, earlier)
             settle()
             answer = self._complete(upload_id, completed, digest, full_object)
         except BaseException as exc:
             if self.keep_upload_on_failure and _resumable_failure(exc):
                 # Another try follows: the parts in S3 are its head start (it checks each against the
                 # source before using it). The last try, a cancel or a changed source abort instead.
-                pool.shutdown(wait=True, cancel_futures=True)
+                pools.shutdown()
                 self.log.warning(
                     "%s: the multipart upload stays open for the next try to resume (it aborts it if it "
                     "cannot use it); a bucket lifecycle rule for incomplete uploads removes any left behind",
@@ -1107,10 +1223,10 @@ class _ArchiveCopy:
             # call, and a kill must not outlast Airflow's grace period. Once they have stopped, abort
             # again: a part that was in flight during the first abort may still have been stored.
             self._abort(upload_id)
-            pool.shutdown(wait=True, cancel_futures=True)
+            pools.shutdown()
             self._abort(upload_id, quiet=True)
             raise
-        pool.shutdown(wait=True)
+        pools.shutdown()
         return answer.get("ETag", ""), digest, answer.get("VersionId")
 
     def _resumable(self, parts: Sequence[_Part]) -> tuple[str, bool, dict[int, Any]] | None:
@@ -1222,18 +1338,23 @@ class _ArchiveCopy:
         )
 
     def _upload_parts(
-        self, pool: ThreadPoolExecutor, upload_id: str, parts: Sequence[_Part], earlier: Mapping[int, Any]
+        self, pools: _Pipeline, upload_id: str, parts: Sequence[_Part], earlier: Mapping[int, Any]
     ) -> tuple[list[CompletedPartTypeDef], ArchiveDigest]:
-        """Keep at most ``max_concurrency`` parts in flight; collect them in order to hash the archive."""
+        """Run the pipeline; collect the parts in order to hash the archive.
+
+        Up to ``max_concurrency`` parts download while up to ``max_concurrency`` others upload, so on a
+        capped link both directions stay busy. At most ``2 x max_concurrency`` parts are between the
+        start of their download and their collection here: that, times the part size, bounds memory.
+        """
         digest = ArchiveDigest()
         completed: list[CompletedPartTypeDef] = []
-        window: deque[Future[_Uploaded]] = deque()
+        window: deque[Future[_Uploaded | Future[_Uploaded]]] = deque()
         try:
             for part in parts:
-                if len(window) == self.settings.max_concurrency:
+                if len(window) == self.buffers.limit:
                     completed.append(self._collect(window.popleft(), digest))
                 self.coordinator.check_main()
-                window.append(pool.submit(self._upload_part, upload_id, part, earlier.get(part.number)))
+                window.append(pools.download.submit(self._read_part, pools, upload_id, part, earlier))
             while window:
                 completed.append(self._collect(window.popleft(), digest))
         except BaseException as exc:
@@ -1241,33 +1362,60 @@ class _ArchiveCopy:
             raise
         return completed, digest
 
-    def _collect(self, future: Future[_Uploaded], digest: ArchiveDigest) -> CompletedPartTypeDef:
-        while not wait([future], timeout=_POLL).done:
-            self.coordinator.check_main()  # a later part's failure or a cancel need not wait for this one
-        if future.exception() is not None:
-            self.coordinator.check_main()
-        uploaded = future.result()
+    def _collect(
+        self, future: Future[_Uploaded | Future[_Uploaded]], digest: ArchiveDigest
+    ) -> CompletedPartTypeDef:
+        read = self._wait(future)
+        uploaded = self._wait(read) if isinstance(read, Future) else read
         try:
             digest.update(uploaded.data)
         finally:
-            self.buffers.give_back(uploaded.data)
+            self._release(uploaded.number, uploaded.data)
         part: CompletedPartTypeDef = {"PartNumber": uploaded.number, "ETag": uploaded.etag}
         if uploaded.checksum:
             part["ChecksumCRC32"] = uploaded.checksum
         return part
 
-    def _upload_part(
-        self, upload_id: str, part: _Part, earlier: Mapping[str, Any] | None = None
-    ) -> _Uploaded:
+    def _wait(self, future: Future[_T]) -> _T:
+        while not wait([future], timeout=_POLL).done:
+            self.coordinator.check_main()  # a later part's failure or a cancel need not wait for this one
+        if future.exception() is not None:
+            self.coordinator.check_main()
+        return future.result()
+
+    def _read_part(
+        self, pools: _Pipeline, upload_id: str, part: _Part, earlier: Mapping[int, Any]
+    ) -> _Uploaded | Future[_Uploaded]:
+        """The download stage: fill the part's buffer, checksum it, hand it to the upload stage.
+
+        A part an earlier try left in S3 that holds exactly these bytes is kept without an upload.
+        """
+        self.coordinator.check()
+        self.observers.part_started(part.number, part.length)
         data = self.buffers.take(part.length)
         try:
             self._fill(part, data)
             integrity = self.dest.integrity(data)
+            self.observers.part_read(part.number)
             self.coordinator.check()
-            if earlier is not None and _holds(earlier, part.length, integrity, data):
+            held = earlier.get(part.number)
+            if held is not None and _holds(held, part.length, integrity, data):
                 with self._reused_lock:
                     self.reused += part.length
-                return _Uploaded(part.number, str(earlier["ETag"]), integrity.get("ChecksumCRC32"), data)
+                self.observers.part_uploaded(part.number, part.length, True)
+                return _Uploaded(part.number, str(held["ETag"]), integrity.get("ChecksumCRC32"), data)
+            return pools.upload.submit(self._send_part, upload_id, part, data, integrity)
+        except BaseException as exc:
+            self._release(part.number, data)
+            self.coordinator.fail(exc)
+            raise
+
+    def _send_part(
+        self, upload_id: str, part: _Part, data: bytearray, integrity: Mapping[str, str]
+    ) -> _Uploaded:
+        """The upload stage: one UploadPart, its echoed checksum checked."""
+        try:
+            self.coordinator.check()
             answer = self._s3(
                 f"UploadPart ({part.describe()})",
                 self.client.upload_part,
@@ -1282,17 +1430,22 @@ class _ArchiveCopy:
                 raise CopyError(
                     f"{self.target}: S3 stored {part.describe()} with CRC32 {echoed}, sent {checksum}"
                 )
+            self.observers.part_uploaded(part.number, part.length, False)
             return _Uploaded(part.number, answer["ETag"], checksum, data)
         except BaseException as exc:
-            self.buffers.give_back(data)
+            self._release(part.number, data)
             self.coordinator.fail(exc)
             raise
+
+    def _release(self, number: int, data: bytearray) -> None:
+        self.buffers.give_back(data)
+        self.observers.part_released(number)
 
     def _fill(self, part: _Part, data: bytearray) -> None:
         view, at = memoryview(data), 0
         for segment in part.segments:
             chunk = view[at : at + segment.length]
-            self.downloader.fill(segment.source, segment.offset, chunk, self.progress.add)
+            self.downloader.fill(segment.source, segment.offset, chunk, self.observers.bytes_read)
             at += segment.length
 
     def _abort(self, upload_id: str, *, quiet: bool = False) -> None:
@@ -1400,6 +1553,7 @@ def copy_to_s3(
     if_none_match: bool = False,
     resume: bool = False,
     keep_upload_on_failure: bool = False,
+    observers: Sequence[CopyObserver] = (),
 ) -> CopyResult:
     """Copy ``sources``, concatenated in order, to ``s3://bucket/key``; all or nothing.
 
@@ -1421,6 +1575,7 @@ def copy_to_s3(
         so the SHA-256 stays exact).
     :param keep_upload_on_failure: another try follows: on a failure (not a cancel, not a changed
         source) leave the multipart upload open for it to resume instead of aborting it.
+    :param observers: told of the copy's progress (:class:`CopyObserver`), after the progress log.
     :raises ObjectExists: another run wrote the key meanwhile; nothing of this copy is left.
     :raises SourceChanged: the sources changed during the copy or disagree with ``expected_size``.
     :raises CopyError: the copy failed; no object and no multipart upload were left behind.
@@ -1435,10 +1590,11 @@ def copy_to_s3(
     target = f"s3://{bucket}/{key}"
     coordinator = _Coordinator(cancel or threading.Event())
     downloader = _Downloader(sources, settings, coordinator, log)
-    progress = _Progress(0, settings.progress_interval, log, target)
+    watch = _Observers([ProgressLog(log, settings.progress_interval), *observers])
+    started = time.monotonic()
     try:
         sizes = downloader.probe_sizes()
-        progress.total = total = sum(sizes)
+        total = sum(sizes)
         if expected_size is not None and expected_size != total:
             raise SourceChanged(
                 f"{target}: the files hold {total} bytes but the backup's record says {expected_size}; "
@@ -1455,6 +1611,7 @@ def copy_to_s3(
             _mib(part_size),
             settings.max_concurrency,
         )
+        watch.copy_started(target, total, tuple(part.length for part in parts))
         copy = _ArchiveCopy(
             client,
             bucket,
@@ -1463,7 +1620,7 @@ def copy_to_s3(
             settings,
             downloader,
             coordinator,
-            progress,
+            watch,
             log,
             if_none_match,
             resume,
@@ -1474,21 +1631,12 @@ def copy_to_s3(
         )
     except CopyCancelled:
         raise CopyCancelled(
-            f"{target}: cancelled after {_mib(progress.done)}; nothing was left in S3"
+            f"{target}: cancelled after {_mib(watch.read)} read; nothing was left in S3"
         ) from None
     finally:
         downloader.close()
-    elapsed = time.monotonic() - progress.started
-    log.info(
-        "Copied %s to %s in %.1f s (%.1f MiB/s), sha256 %s",
-        _mib(total),
-        target,
-        elapsed,
-        total / MiB / max(elapsed, 1e-9),
-        digest.sha256,
-    )
     ids = tuple(source.file_id for source in sources)
-    return CopyResult(
+    result = CopyResult(
         bucket,
         key,
         total,
@@ -1500,3 +1648,5 @@ def copy_to_s3(
         s3_checksum,
         copy.reused,
     )
+    watch.copy_finished(result, time.monotonic() - started)
+    return result
