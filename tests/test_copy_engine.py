@@ -21,10 +21,13 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from airflow_provider_c66.testing import RecordedRequest
 from airflow_provider_c66.transfers import copy_engine
 from airflow_provider_c66.transfers.copy_engine import (
+    ArchiveDigest,
     CopyCancelled,
     CopyError,
     CopySettings,
@@ -849,6 +852,19 @@ def test_lost_complete_answer_with_another_object_at_the_key_is_not_accepted(
     with pytest.raises(CopyError, match="CompleteMultipartUpload failed"):
         copy_to_s3(archive.sources(), s3_client, s3_bucket, KEY, settings=FAST)
     assert read_object(s3_client, s3_bucket) == b"someone else's"
+
+
+@given(st.binary(max_size=3000), st.binary(max_size=3000), st.binary(max_size=70))
+@settings(max_examples=200, deadline=None)
+def test_the_archive_crc_from_part_crcs_is_the_crc_of_the_bytes(a: bytes, b: bytes, c: bytes) -> None:
+    """The whole archive's CRC32 is combined from the parts' (no second pass), and equals zlib's."""
+    assert copy_engine.crc32_combine(zlib.crc32(a), zlib.crc32(b), len(b)) == zlib.crc32(a + b)
+    combined, read = ArchiveDigest(), ArchiveDigest()
+    for chunk in (a, b, c):
+        combined.update(chunk, crc32_b64(chunk))
+        read.update(chunk)
+    assert (combined.crc32, combined.sha256, combined.size) == (read.crc32, read.sha256, read.size)
+    assert combined.crc32 == crc32_b64(a + b + c)
 
 
 def test_composite_checksum_and_etag_are_s3s() -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
 import http.client
 import http.cookiejar
@@ -99,6 +100,7 @@ _SESSION_EXPIRED = frozenset({"ExpiredToken", "TokenRefreshRequired"})
 _QUERY = re.compile(r"\?[^\s'\"<>()]*")
 
 _T = TypeVar("_T")
+_CRC32_POLY = 0xEDB88320  # the reflected CRC-32 polynomial (zlib's, S3's ChecksumCRC32)
 
 
 class CopyError(Exception):
@@ -818,9 +820,14 @@ class ArchiveDigest:
         self._crc = 0
         self.size = 0
 
-    def update(self, data: bytes | bytearray | memoryview) -> None:
+    def update(self, data: bytes | bytearray | memoryview, crc32: str | None = None) -> None:
+        """Add the next bytes; ``crc32`` (base64, as sent to S3) is their CRC-32 when already known,
+        which saves a second CRC pass over them."""
         self._sha256.update(data)
-        self._crc = zlib.crc32(data, self._crc)
+        if crc32 is None:
+            self._crc = zlib.crc32(data, self._crc)
+        else:
+            self._crc = crc32_combine(self._crc, int.from_bytes(base64.b64decode(crc32), "big"), len(data))
         self.size += len(data)
 
     @property
@@ -831,6 +838,39 @@ class ArchiveDigest:
     def crc32(self) -> str:
         """Base64 of the big-endian CRC-32, as S3's ``ChecksumCRC32``."""
         return base64.b64encode(self._crc.to_bytes(4, "big")).decode("ascii")
+
+
+def _gf2_times(matrix: tuple[int, ...], vector: int) -> int:
+    total, row = 0, 0
+    while vector:
+        if vector & 1:
+            total ^= matrix[row]
+        vector >>= 1
+        row += 1
+    return total
+
+
+def _gf2_square(matrix: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(_gf2_times(matrix, matrix[n]) for n in range(32))
+
+
+@functools.lru_cache(maxsize=8)
+def _zeros_operator(length: int) -> tuple[int, ...]:
+    """The GF(2) matrix that advances a CRC-32 register over ``length`` zero bytes (zlib's method)."""
+    result = tuple(1 << n for n in range(32))  # identity
+    power = _gf2_square(_gf2_square(_gf2_square((_CRC32_POLY, *(1 << n for n in range(31))))))  # 1 byte
+    while length:
+        if length & 1:
+            result = tuple(_gf2_times(power, column) for column in result)
+        length >>= 1
+        if length:
+            power = _gf2_square(power)
+    return result
+
+
+def crc32_combine(crc1: int, crc2: int, length2: int) -> int:
+    """CRC-32 of A+B from crc(A), crc(B) and len(B), without reading the bytes again."""
+    return _gf2_times(_zeros_operator(length2), crc1) ^ crc2 if length2 else crc1
 
 
 def stored_checksum(head: Mapping[str, Any]) -> str | None:
@@ -1193,7 +1233,7 @@ class _ArchiveCopy:
             )
             self.observers.part_uploaded(part.number, part.length, False)
             digest = ArchiveDigest()
-            digest.update(data)
+            digest.update(data, integrity.get("ChecksumCRC32"))
         finally:
             self._release(part.number, data)
         return answer["ETag"], digest, answer.get("VersionId")
@@ -1368,7 +1408,7 @@ class _ArchiveCopy:
         read = self._wait(future)
         uploaded = self._wait(read) if isinstance(read, Future) else read
         try:
-            digest.update(uploaded.data)
+            digest.update(uploaded.data, uploaded.checksum)
         finally:
             self._release(uploaded.number, uploaded.data)
         part: CompletedPartTypeDef = {"PartNumber": uploaded.number, "ETag": uploaded.etag}
