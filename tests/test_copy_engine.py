@@ -32,7 +32,7 @@ from airflow_provider_c66.transfers.copy_engine import (
     CopyError,
     CopySettings,
     Source,
-    abort_stale_uploads,
+    abort_open_uploads,
     choose_part_size,
     copy_to_s3,
 )
@@ -731,23 +731,44 @@ def test_refuses_unknown_extra_args(s3_client: Any, s3_bucket: str) -> None:
 # -- stale uploads ---------------------------------------------------------------------------------
 
 
-def test_abort_stale_uploads_under_prefix_only(s3_client: Any, s3_bucket: str) -> None:
+def test_abort_open_uploads_under_a_prefix(s3_client: Any, s3_bucket: str) -> None:
     for key in ("backups/a/1.tar", "backups/a/1.tar", "backups/b/2.tar", "other/3.tar"):
         s3_client.create_multipart_upload(Bucket=s3_bucket, Key=key)
 
     # moto reports every upload as initiated in 2010: "before 2001" keeps them all.
-    assert (
-        abort_stale_uploads(
-            s3_client, s3_bucket, "backups/", initiated_before=datetime(2001, 1, 1, tzinfo=timezone.utc)
-        )
-        == 0
-    )
-    assert abort_stale_uploads(s3_client, s3_bucket, "backups/") == 3
+    before_2001 = datetime(2001, 1, 1, tzinfo=timezone.utc)
+    assert abort_open_uploads(s3_client, s3_bucket, prefix="backups/", initiated_before=before_2001) == 0
+    assert abort_open_uploads(s3_client, s3_bucket, prefix="backups/") == 3
 
     left = s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", [])
     assert [u["Key"] for u in left] == ["other/3.tar"]
-    with pytest.raises(ValueError):
-        abort_stale_uploads(s3_client, s3_bucket, "")
+
+
+def test_abort_open_uploads_on_exact_keys_only(s3_client: Any, s3_bucket: str) -> None:
+    for key in ("lake/1/app.tar", "lake/1/app.tar", "lake/1/app.tar.bak", "lake/1/other.tar"):
+        s3_client.create_multipart_upload(Bucket=s3_bucket, Key=key)
+
+    assert abort_open_uploads(s3_client, s3_bucket, keys=["lake/1/app.tar", "lake/1/gone.tar"]) == 2
+
+    left = s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", [])
+    assert sorted(u["Key"] for u in left) == ["lake/1/app.tar.bak", "lake/1/other.tar"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"prefix": ""}, "empty prefix would abort every upload"),
+        ({}, "either keys or a prefix"),
+        ({"keys": ["a"], "prefix": "a"}, "either keys or a prefix"),
+    ],
+)
+def test_abort_open_uploads_refuses_an_unbounded_or_ambiguous_scope(
+    s3_client: Any, s3_bucket: str, kwargs: dict[str, Any], message: str
+) -> None:
+    s3_client.create_multipart_upload(Bucket=s3_bucket, Key="kept")
+    with pytest.raises(ValueError, match=message):
+        abort_open_uploads(s3_client, s3_bucket, **kwargs)
+    assert len(s3_client.list_multipart_uploads(Bucket=s3_bucket)["Uploads"]) == 1
 
 
 def test_part_buffers_are_reused_and_bounded() -> None:

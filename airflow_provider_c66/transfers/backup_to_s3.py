@@ -23,6 +23,7 @@ from airflow_provider_c66.transfers.copy_engine import (
     CopyObserver,
     ObjectExists,
     SourceChanged,
+    abort_open_uploads,
     s3_error_code,
 )
 
@@ -475,28 +476,10 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
     def _abort_leftover_uploads(self, client: Any, bucket: str, keys: list[str]) -> None:
         """Abort every open multipart upload on the archive's keys, once the archive is complete.
 
-        They are left by a try that was killed (SIGKILL cannot clean up) or belong to a concurrent
-        copy of the same backup that is now redundant (it finds the complete archive and succeeds).
         Uploads are never aborted before the archive is complete, so concurrent copies cannot undo
         each other; only exact keys of this archive are touched, never the rest of the prefix.
         """
-        from botocore.exceptions import ClientError
-
-        aborted = 0
-        for key in keys:
-            try:
-                pages = client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=key)
-                uploads = [u for page in pages for u in page.get("Uploads", []) if u.get("Key") == key]
-            except ClientError as exc:  # the archive is complete: a failed clean-up fails nothing
-                self.log.warning("Could not list open multipart uploads of s3://%s/%s: %s", bucket, key, exc)
-                continue
-            for upload in uploads:
-                try:
-                    client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload.get("UploadId", ""))
-                    aborted += 1
-                except ClientError as exc:
-                    if s3_error_code(exc) != "NoSuchUpload":  # finished meanwhile
-                        self.log.warning("Could not abort an open upload of s3://%s/%s: %s", bucket, key, exc)
+        aborted = abort_open_uploads(client, bucket, keys=keys, log=self.log)
         if aborted:
             self.log.warning(
                 "Aborted %d unfinished multipart upload(s) on the archive's key(s) under s3://%s/%s, "

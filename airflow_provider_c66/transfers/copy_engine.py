@@ -53,7 +53,7 @@ __all__ = [
     "ProgressLog",
     "Source",
     "SourceChanged",
-    "abort_stale_uploads",
+    "abort_open_uploads",
     "choose_part_size",
     "copy_to_s3",
     "flexible_checksums",
@@ -215,33 +215,53 @@ def choose_part_size(total: int, requested: int) -> int:
     return min(-(-size // MiB) * MiB, MAX_PART_SIZE)
 
 
-def abort_stale_uploads(
+def abort_open_uploads(
     client: S3Client,
     bucket: str,
-    prefix: str,
     *,
+    keys: Sequence[str] = (),
+    prefix: str | None = None,
     initiated_before: datetime | None = None,
     log: logging.Logger | None = None,
 ) -> int:
-    """Abort multipart uploads under ``prefix`` left by a killed run (they are billed until aborted).
+    """Abort the open multipart uploads on exact ``keys``, or under ``prefix``: the one way to clean up.
 
-    :param initiated_before: only abort uploads started before this (aware) time, e.g. this run's start.
+    They are left by a killed try (SIGKILL cannot clean up) or by a concurrent copy of the same backup
+    that is now redundant, and are billed until aborted. This is clean-up, never the reason a task
+    fails: an upload that is already gone is skipped, and a listing or abort S3 refuses is logged.
+
+    :param keys: exact keys (an upload on ``key.bak`` is not one on ``key``).
+    :param prefix: every key under it (not empty: that would be the whole bucket).
+    :param initiated_before: only uploads started before this (aware) time, e.g. this run's start.
     :return: how many uploads were aborted.
     """
-    if not prefix:
+    if bool(keys) == (prefix is not None):
+        raise ValueError("give either keys or a prefix")
+    if prefix == "":
         raise ValueError("an empty prefix would abort every upload in the bucket")
     log = log or logger
     aborted = 0
-    for page in client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=prefix):
-        for upload in page.get("Uploads", []):
+    for listed in [*keys] or [str(prefix)]:
+        try:
+            pages = client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=listed)
+            uploads = [u for page in pages for u in page.get("Uploads", [])]
+        except Exception as exc:
+            log.warning("Could not list open multipart uploads under s3://%s/%s: %s", bucket, listed, exc)
+            continue
+        for upload in uploads:
             key, upload_id = upload.get("Key", ""), upload.get("UploadId", "")
             started = upload.get("Initiated")
-            if not key.startswith(prefix) or not upload_id:
+            if not upload_id or (key != listed if keys else not key.startswith(listed)):
                 continue
             if initiated_before is not None and started is not None and started >= initiated_before:
                 continue
-            client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
-            log.info("Aborted stale multipart upload of s3://%s/%s (started %s)", bucket, key, started)
+            try:
+                client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+            except Exception as exc:
+                if s3_error_code(exc) != "NoSuchUpload":  # NoSuchUpload: completed or aborted meanwhile
+                    log.warning("Could not abort an open upload of s3://%s/%s: %s", bucket, key, exc)
+                continue
+            log.info("Aborted an open multipart upload of s3://%s/%s (started %s)", bucket, key, started)
             aborted += 1
     return aborted
 
