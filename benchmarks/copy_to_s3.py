@@ -357,6 +357,16 @@ def child(spec: dict[str, Any]) -> None:
 
 
 # --- parent side: servers, scenarios, verification, report ---------------------------------------------
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after 10 s."""
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -395,12 +405,7 @@ def nanio_server(workdir: Path) -> Iterator[tuple[str, int]]:
             time.sleep(0.1)
         yield f"http://127.0.0.1:{port}", proc.pid
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 class Bench:
@@ -553,12 +558,7 @@ def throttle_proxy(
             raise RuntimeError(f"proxy {name} did not start: {(workdir / f'proxy-{name}.log').read_text()}")
         yield int(line.split()[-1]), proc.pid
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 def proxied_emulator(public_origin: str, **kwargs: Any) -> Cloud66Emulator:

@@ -711,6 +711,27 @@ def test_cancel_mid_copy_aborts(
     assert watch.held == 0
 
 
+@pytest.mark.parametrize("at", ["part_started", "part_uploaded", "copy_started"])
+def test_an_observer_that_raises_fails_the_copy_and_leaves_nothing(
+    archive_factory: Callable[..., Archive], s3_client: Any, s3_bucket: str, at: str
+) -> None:
+    archive = archive_factory(16 * MiB)
+
+    class Broken(copy_engine.CopyObserver):
+        def __getattribute__(self, name: str) -> Any:
+            if name == at:
+
+                def fail(*args: Any) -> None:
+                    raise RuntimeError(f"metrics backend down in {at}")
+
+                return fail
+            return super().__getattribute__(name)
+
+    with pytest.raises(RuntimeError, match=f"metrics backend down in {at}"):
+        copy_to_s3(archive.sources(), s3_client, s3_bucket, KEY, settings=FAST, observers=[Broken()])
+    assert_nothing_left(s3_client, s3_bucket)
+
+
 def test_cancel_before_start(archive_factory: Callable[..., Archive], s3_client: Any, s3_bucket: str) -> None:
     archive = archive_factory(1024)
     cancel = threading.Event()
