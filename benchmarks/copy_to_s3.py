@@ -106,7 +106,7 @@ def run_operator(spec: dict[str, Any]) -> tuple[list[str], Callable[[], None] | 
     """The operator as a task runs it; the engine's own time and the archive bytes it sent to S3 are
     recorded through the engine's public observer interface (``copy_observers``)."""
     from airflow_provider_c66.transfers.backup_to_s3 import Cloud66BackupToS3Operator
-    from airflow_provider_c66.transfers.copy_engine import CopyObserver, CopyResult
+    from airflow_provider_c66.transfers.copy import CopyObserver, CopyResult
 
     spec["uploaded_bytes"], spec["copy_seconds"] = 0, 0.0
 
@@ -147,7 +147,7 @@ def run_upload_only(spec: dict[str, Any]) -> tuple[list[str], Callable[[], None]
     import zlib
 
     from airflow_provider_c66.testing.content import content_range
-    from airflow_provider_c66.transfers.copy_engine import choose_part_size
+    from airflow_provider_c66.transfers.copy import choose_part_size
 
     size, key = spec["size"], f"{spec['name']}/archive"
     part = choose_part_size(size, PART_SIZE)
@@ -329,7 +329,7 @@ def child(spec: dict[str, Any]) -> None:
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook  # noqa: F401
 
         import airflow_provider_c66.transfers.backup_to_s3
-        import airflow_provider_c66.transfers.copy_engine  # noqa: F401
+        import airflow_provider_c66.transfers.copy  # noqa: F401
     runs = {
         "operator": run_operator,
         "upload": run_upload_only,

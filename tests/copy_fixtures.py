@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from airflow_provider_c66.testing import Cloud66Emulator, RecordedRequest
-from airflow_provider_c66.transfers.copy_engine import CopyObserver, Source
+from airflow_provider_c66.transfers.copy import CopyObserver, Source
 
 MiB = 1 << 20
 STACK = "stack-1"

@@ -25,16 +25,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from airflow_provider_c66.testing import RecordedRequest
-from airflow_provider_c66.transfers import copy_engine
-from airflow_provider_c66.transfers.copy_engine import (
+from airflow_provider_c66.transfers import copy as engine
+from airflow_provider_c66.transfers.copy import (
     ArchiveDigest,
     CopyCancelled,
     CopyError,
     CopySettings,
     Source,
     abort_open_uploads,
+    checksums,
     choose_part_size,
     copy_to_s3,
+    planning,
 )
 from tests.copy_fixtures import STACK, Archive, PartWatch
 
@@ -157,11 +159,11 @@ def test_choose_part_size_refuses(total: int, requested: int) -> None:
 
 
 def test_plan_parts_span_sources() -> None:
-    parts = copy_engine._plan_parts([7, 0, 7, 2], 5)
+    parts = planning._plan_parts([7, 0, 7, 2], 5)
     assert [(p.number, p.start, p.length) for p in parts] == [(1, 0, 5), (2, 5, 5), (3, 10, 5), (4, 15, 1)]
     assert [(s.source, s.offset, s.length) for s in parts[1].segments] == [(0, 5, 2), (2, 0, 3)]
     assert [(s.source, s.offset, s.length) for s in parts[3].segments] == [(3, 1, 1)]
-    assert [(p.length, p.segments) for p in copy_engine._plan_parts([0], 5)] == [(0, ())]
+    assert [(p.length, p.segments) for p in planning._plan_parts([0], 5)] == [(0, ())]
 
 
 # -- happy paths -----------------------------------------------------------------------------------
@@ -371,7 +373,7 @@ def test_broken_body_resumes_at_the_byte_it_stopped(
     watch: PartWatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.WARNING, logger=copy_engine.__name__)
+    caplog.set_level(logging.WARNING, logger="airflow_provider_c66.transfers.copy")
     size = 12 * MiB + 3
     archive = archive_factory(size)
     after = 1_500_000
@@ -515,7 +517,7 @@ def test_stalled_answer_times_out_and_is_retried(
     watch: PartWatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.WARNING, logger=copy_engine.__name__)
+    caplog.set_level(logging.WARNING, logger="airflow_provider_c66.transfers.copy")
     size = 12 * MiB
     archive = archive_factory(size)
     watch.on_start(1, lambda: archive.emu.slow_next(1, r"\.tar$", delay=1.0))
@@ -717,7 +719,7 @@ def test_an_observer_that_raises_fails_the_copy_and_leaves_nothing(
 ) -> None:
     archive = archive_factory(16 * MiB)
 
-    class Broken(copy_engine.CopyObserver):
+    class Broken(engine.CopyObserver):
         def __getattribute__(self, name: str) -> Any:
             if name == at:
 
@@ -793,7 +795,7 @@ def test_abort_open_uploads_refuses_an_unbounded_or_ambiguous_scope(
 
 
 def test_part_buffers_are_reused_and_bounded() -> None:
-    from airflow_provider_c66.transfers.copy_engine import _PartBuffers
+    from airflow_provider_c66.transfers.copy.pipeline import _PartBuffers
 
     buffers = _PartBuffers(2)
     first, second = buffers.take(8), buffers.take(8)
@@ -813,7 +815,7 @@ def test_an_upload_already_aborted_elsewhere_is_not_an_error(caplog: pytest.LogC
 
     from botocore.exceptions import ClientError
 
-    from airflow_provider_c66.transfers.copy_engine import _ArchiveCopy
+    from airflow_provider_c66.transfers.copy.pipeline import _ArchiveCopy
 
     class Client:
         def abort_multipart_upload(self, **kwargs: Any) -> None:
@@ -900,7 +902,7 @@ def test_lost_complete_answer_with_another_object_at_the_key_is_not_accepted(
 @settings(max_examples=200, deadline=None)
 def test_the_archive_crc_from_part_crcs_is_the_crc_of_the_bytes(a: bytes, b: bytes, c: bytes) -> None:
     """The whole archive's CRC32 is combined from the parts' (no second pass), and equals zlib's."""
-    assert copy_engine.crc32_combine(zlib.crc32(a), zlib.crc32(b), len(b)) == zlib.crc32(a + b)
+    assert engine.crc32_combine(zlib.crc32(a), zlib.crc32(b), len(b)) == zlib.crc32(a + b)
     combined, read = ArchiveDigest(), ArchiveDigest()
     for chunk in (a, b, c):
         combined.update(chunk, crc32_b64(chunk))
@@ -915,11 +917,11 @@ def test_composite_checksum_and_etag_are_s3s() -> None:
     parts = [b"a" * 10, b"b" * 7]
     crcs = [crc32_b64(p) for p in parts]
     joined = b"".join(zlib.crc32(p).to_bytes(4, "big") for p in parts)
-    assert copy_engine._composite_crc32(crcs) == f"{crc32_b64(joined)}-2"
+    assert checksums._composite_crc32(crcs) == f"{crc32_b64(joined)}-2"
     md5s = [hashlib.md5(p).hexdigest() for p in parts]
     expected = hashlib.md5(b"".join(bytes.fromhex(m) for m in md5s)).hexdigest() + "-2"
-    assert copy_engine._multipart_etag([f'"{m}"' for m in md5s]) == expected
-    assert copy_engine._multipart_etag(["not-an-md5"]) is None
+    assert checksums._multipart_etag([f'"{m}"' for m in md5s]) == expected
+    assert checksums._multipart_etag(["not-an-md5"]) is None
 
 
 @pytest.mark.reliability(
@@ -965,7 +967,7 @@ def test_a_file_that_grows_after_it_was_read_completes_nothing(
     archive = archive_factory(size)
     reads = 1 + len(planned(size))  # the probe, then one GET per part; the next probe sees the growth
     archive.emu.grow_backup(STACK, archive.backup_id, 1000, after_downloads=reads)
-    with pytest.raises(copy_engine.SourceChanged, match=f"was {size} bytes .* is {size + 1000} bytes now"):
+    with pytest.raises(engine.SourceChanged, match=f"was {size} bytes .* is {size + 1000} bytes now"):
         copy_to_s3(archive.sources(), s3_client, s3_bucket, KEY, settings=FAST)
     assert_nothing_left(s3_client, s3_bucket)
 
@@ -975,7 +977,7 @@ def test_a_file_that_grows_mid_copy_is_still_being_written(
 ) -> None:
     archive = archive_factory(12 * MiB + 3)
     archive.emu.grow_backup(STACK, archive.backup_id, 2 * MiB, after_downloads=2)
-    with pytest.raises(copy_engine.SourceChanged, match=r"size changed .* still being written"):
+    with pytest.raises(engine.SourceChanged, match=r"size changed .* still being written"):
         copy_to_s3(archive.sources(), s3_client, s3_bucket, KEY, settings=FAST)
     assert_nothing_left(s3_client, s3_bucket)
 
@@ -985,7 +987,7 @@ def test_expected_size_disagreeing_fails_before_any_upload(
 ) -> None:
     archive = archive_factory(3 * MiB)
     calls = S3Calls(s3_client)
-    with pytest.raises(copy_engine.SourceChanged, match=f"hold {3 * MiB} bytes but .* says {3 * MiB + 1}"):
+    with pytest.raises(engine.SourceChanged, match=f"hold {3 * MiB} bytes but .* says {3 * MiB + 1}"):
         copy_to_s3(archive.sources(), s3_client, s3_bucket, KEY, settings=FAST, expected_size=3 * MiB + 1)
     assert calls.operations == [] and archive.data_requests() == []
 
@@ -998,9 +1000,9 @@ def test_before_complete_sees_the_sizes_and_can_refuse(
 
     def refuse(sizes: Any) -> None:
         seen.append(tuple(sizes))
-        raise copy_engine.SourceChanged("a new file appeared")
+        raise engine.SourceChanged("a new file appeared")
 
-    with pytest.raises(copy_engine.SourceChanged, match="a new file appeared"):
+    with pytest.raises(engine.SourceChanged, match="a new file appeared"):
         copy_to_s3(archive.sources(), s3_client, s3_bucket, KEY, settings=FAST, before_complete=refuse)
     assert seen == [(12 * MiB + 3,)]
     assert_nothing_left(s3_client, s3_bucket)

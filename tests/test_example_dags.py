@@ -165,7 +165,7 @@ def test_importing_the_package_does_not_import_boto3():
             "airflow_provider_c66.sensors.backups",
             "airflow_provider_c66.triggers.backups",
             "airflow_provider_c66.transfers.archive",
-            "airflow_provider_c66.transfers.copy_engine",
+            "airflow_provider_c66.transfers.copy",
             "airflow_provider_c66.transfers.backup_to_s3",
             "airflow_provider_c66.transfers.s3_to_cloud66",
         ):

@@ -17,7 +17,7 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from airflow_provider_c66.transfers.copy_engine import CopyCancelled, CopyError, copy_to_s3
+from airflow_provider_c66.transfers.copy import CopyCancelled, CopyError, copy_to_s3
 from tests.copy_fixtures import Archive
 from tests.s3_proxy import Answer, ProxiedRequest, S3Proxy, s3_proxy
 from tests.test_copy_engine import FAST, KEY, MiB, assert_nothing_left, read_object

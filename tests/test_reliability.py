@@ -29,7 +29,7 @@ from airflow_provider_c66.hooks.cloud66 import Cloud66Hook
 from airflow_provider_c66.models import Backup, BackupFile
 from airflow_provider_c66.testing.pytest_plugin import connection_json
 from airflow_provider_c66.transfers.backup_to_s3 import Cloud66BackupToS3Operator
-from airflow_provider_c66.transfers.copy_engine import CopyError
+from airflow_provider_c66.transfers.copy import CopyError
 from tests.copy_fixtures import PartWatch
 
 MiB = 1 << 20

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from airflow_provider_c66.transfers.backup_to_s3 import Cloud66BackupToS3Operator
-from airflow_provider_c66.transfers.copy_engine import CopyError, SourceChanged, copy_to_s3
+from airflow_provider_c66.transfers.copy import CopyError, SourceChanged, copy_to_s3
 from tests.copy_fixtures import Archive
 from tests.test_copy_engine import FAST, KEY, MiB, failing_on_call, read_object
 

@@ -424,7 +424,7 @@ def test_discarding_a_version_without_delete_object_version_leaves_a_delete_mark
 
     from botocore.exceptions import ClientError
 
-    from airflow_provider_c66.transfers.copy_engine import _Key
+    from airflow_provider_c66.transfers.copy.upload import _Key
 
     calls: list[dict[str, Any]] = []
 

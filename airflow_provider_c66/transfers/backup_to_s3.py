@@ -1,6 +1,6 @@
 """Cloud66BackupToS3Operator: archive one Cloud 66 backup into an S3 bucket, verified and idempotent.
 
-The bytes move in :mod:`airflow_provider_c66.transfers.copy_engine` (no Airflow there); this module
+The bytes move in :mod:`airflow_provider_c66.transfers.copy` (no Airflow there); this module
 decides what to copy where, makes re-runs safe, writes the manifest and declares the assets.
 """
 
@@ -19,7 +19,7 @@ from airflow_provider_c66.hooks.cloud66 import Cloud66Hook
 from airflow_provider_c66.models import Backup, BackupFile
 from airflow_provider_c66.transfers import archive
 from airflow_provider_c66.transfers.archive import ArchivedObject
-from airflow_provider_c66.transfers.copy_engine import (
+from airflow_provider_c66.transfers.copy import (
     CopyObserver,
     ObjectExists,
     SourceChanged,
@@ -34,7 +34,7 @@ except ImportError:  # pragma: no cover
     from airflow.sdk.exceptions import AirflowException
 
 if TYPE_CHECKING:
-    from airflow_provider_c66.transfers.copy_engine import CopySettings
+    from airflow_provider_c66.transfers.copy import CopySettings
 
 MiB = 1024 * 1024
 DEFAULT_PART_SIZE = 8 * MiB
@@ -164,7 +164,7 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
     # --- input ----------------------------------------------------------------------------------
     def _validated(self) -> tuple[str, int, str, CopySettings, dict[str, Any]]:
         """Every argument checked, before any request: (stack, backup id, bucket, settings, extra args)."""
-        from airflow_provider_c66.transfers.copy_engine import MAX_PART_SIZE, MIN_PART_SIZE, CopySettings
+        from airflow_provider_c66.transfers.copy import MAX_PART_SIZE, MIN_PART_SIZE, CopySettings
 
         stack = validation.stack_id(self.stack_id)
         # A Backup.to_dict() value (the sensor's XCom) carries the id; the record is fetched afresh.
@@ -278,7 +278,7 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
             return self._announce(context, bucket, existing, backup, stack)
         taken = self._check_overwrite(client, bucket, prefix, stack, ident, list(plan))
 
-        from airflow_provider_c66.transfers.copy_engine import CopyCancelled, CopyError
+        from airflow_provider_c66.transfers.copy import CopyCancelled, CopyError
 
         expected = backup.backup_size if verify_size and backup.backup_size > 0 else None
         try:
@@ -355,7 +355,7 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
         taken: set[str],
         tries_left: bool,
     ) -> list[ArchivedObject]:
-        from airflow_provider_c66.transfers.copy_engine import Source, copy_to_s3
+        from airflow_provider_c66.transfers.copy import Source, copy_to_s3
 
         metadata = {archive.META_STACK: stack, archive.META_BACKUP: str(ident)}
         objects: list[ArchivedObject] = []
@@ -421,7 +421,7 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
     ) -> bool:
         """Write the manifest last, under the archive's encryption and lock; False when another run's
         manifest took the key first (a conditional write answered 412)."""
-        from airflow_provider_c66.transfers.copy_engine import write_object
+        from airflow_provider_c66.transfers.copy import write_object
 
         key = prefix + archive.MANIFEST_NAME
         kept = (
@@ -499,7 +499,7 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
         """Observers told of each copy's parts and bytes, besides the progress log; none by default.
 
         Override it in a subclass to meter or watch the copies (see
-        :class:`~airflow_provider_c66.transfers.copy_engine.CopyObserver`); a new list per call.
+        :class:`~airflow_provider_c66.transfers.copy.CopyObserver`); a new list per call.
         """
         return []
 

@@ -13,7 +13,7 @@ from typing import Any
 from airflow_provider_c66.exceptions import Cloud66InputError
 from airflow_provider_c66.transfers import archive
 from airflow_provider_c66.transfers.backup_to_s3 import read_manifest
-from airflow_provider_c66.transfers.copy_engine import (
+from airflow_provider_c66.transfers.copy import (
     ArchiveDigest,
     flexible_checksums,
     s3_error_code,

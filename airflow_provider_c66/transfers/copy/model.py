@@ -1,0 +1,141 @@
+"""What a copy is given and returns: its sources, settings, result, errors and S3's limits."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+logger = logging.getLogger("airflow_provider_c66.transfers.copy")
+
+
+MiB = 1 << 20
+MIN_PART_SIZE = 5 * MiB  # S3's floor for every part but the last
+MAX_PART_SIZE = 5 * 1024 * MiB
+MAX_PARTS = 10_000
+MAX_OBJECT_SIZE = 5 * 1024 * 1024 * MiB  # 5 TiB
+_POLL = 0.2  # how often a waiting thread looks at the cancel event
+
+
+# Arguments of CreateMultipartUpload/PutObject a caller may set; the engine owns all the others.
+EXTRA_ARGS = frozenset(
+    {
+        "StorageClass",
+        "ServerSideEncryption",
+        "SSEKMSKeyId",
+        "SSEKMSEncryptionContext",
+        "BucketKeyEnabled",
+        "Tagging",
+        "Metadata",
+        "ContentType",
+        "ObjectLockMode",
+        "ObjectLockRetainUntilDate",
+        "ObjectLockLegalHoldStatus",
+    }
+)
+
+
+_T = TypeVar("_T")
+
+
+class CopyError(Exception):
+    """The copy failed: no partial object was written and no multipart upload is left open.
+
+    The message names the file and byte range (or the S3 operation), never a signed URL's query.
+    """
+
+
+class CopyCancelled(CopyError):
+    """The cancel event was set (``on_kill``, SIGTERM): the upload was aborted."""
+
+
+class ObjectExists(CopyError):
+    """A conditional write found the key taken: another run wrote it while this copy ran. Nothing of
+    this copy was kept; the other run's object is untouched."""
+
+
+class SourceChanged(CopyError):
+    """The sources are not what they were when the copy began, or not what the caller expected:
+    a file grew, shrank, appeared or went. The backup is most likely still being written; nothing
+    was completed, and a later try copies it again.
+    """
+
+
+@dataclass(frozen=True)
+class Source:
+    """One file of the archive, given in concatenation order.
+
+    :param file_id: the Cloud 66 file id (``tar``, ``tar-aa`` ...).
+    :param name: the file's name, for messages.
+    :param url_provider: fetches a fresh signed GET URL; called right before first use and after a 403.
+    """
+
+    file_id: str
+    name: str
+    url_provider: Callable[[], str]
+
+    @property
+    def label(self) -> str:
+        return self.name if self.name == self.file_id else f"{self.name} (file {self.file_id})"
+
+
+@dataclass(frozen=True)
+class CopySettings:
+    """How one copy runs.
+
+    :param part_size: bytes per S3 part; raised for huge archives so no upload needs 10,000+ parts.
+    :param max_concurrency: parts downloading at once, and parts uploading at once; at most
+        ``2 x max_concurrency`` part buffers exist, so part memory is at most
+        ``2 x max_concurrency x part_size``.
+    :param retries: failed attempts tolerated per byte range (and per S3 call) before the copy gives up.
+    :param retry_budget: seconds a byte range or an S3 call keeps retrying after its first failure, so
+        a two-minute outage of the signed-URL host or of S3 is outlasted; whichever bound comes first
+        ends the retries. A cancel (``on_kill``) ends them at once.
+    :param backoff_base: first pause (s) after a 5xx, 429 or network error; doubles, with full jitter.
+    :param backoff_max: cap on one pause (s).
+    :param connect_timeout: seconds to open a connection to a signed URL.
+    :param read_timeout: seconds one socket read may wait.
+    :param progress_interval: seconds between progress log lines.
+    """
+
+    part_size: int = 8 * MiB
+    max_concurrency: int = 4
+    retries: int = 40
+    retry_budget: float = 150.0
+    backoff_base: float = 0.5
+    backoff_max: float = 8.0
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    progress_interval: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.part_size <= 0 or self.max_concurrency <= 0 or self.retries < 0:
+            raise ValueError("part_size and max_concurrency must be positive and retries non-negative")
+        if (
+            min(
+                self.backoff_base,
+                self.backoff_max,
+                self.connect_timeout,
+                self.read_timeout,
+                self.retry_budget,
+            )
+            < 0
+        ):
+            raise ValueError("backoff and timeout settings must be non-negative")
+
+
+@dataclass(frozen=True)
+class CopyResult:
+    """What landed in S3, for the manifest: ``sha256`` is over the whole archive, computed in order."""
+
+    bucket: str
+    key: str
+    size: int
+    etag: str
+    sha256: str
+    parts: int
+    source_sizes: tuple[tuple[str, int], ...]  # (file_id, size) in archive order
+    crc32: str = ""  # the whole archive's CRC32 (base64, as S3 writes it), computed in order
+    s3_checksum: str | None = None  # the checksum S3 stored and reports, e.g. "CRC32 hvthyA== FULL_OBJECT"
+    reused: int = 0  # bytes of parts an earlier try had uploaded, checked and not sent again
