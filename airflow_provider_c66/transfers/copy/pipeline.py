@@ -162,12 +162,8 @@ class _ArchiveCopy:
         return etag, digest, stored_checksum(head)
 
     def _put(self, part: _Part, settle: Callable[[], None]) -> tuple[str, ArchiveDigest, str | None]:
-        self.observers.part_started(part.number, part.length)
-        data = self.buffers.take(part.length)
+        data, integrity = self._read(part)
         try:
-            self._fill(part, data)
-            integrity = self.dest.integrity(data)
-            self.observers.part_read(part.number)
             md5 = base64.b64decode(integrity["ContentMD5"]).hex() if "ContentMD5" in integrity else None
             settle()
             answer = self.dest.write(
@@ -378,12 +374,12 @@ class _ArchiveCopy:
         A part an earlier try left in S3 that holds exactly these bytes is kept without an upload.
         """
         self.coordinator.check()
-        self.observers.part_started(part.number, part.length)
-        data = self.buffers.take(part.length)
         try:
-            self._fill(part, data)
-            integrity = self.dest.integrity(data)
-            self.observers.part_read(part.number)
+            data, integrity = self._read(part)
+        except BaseException as exc:
+            self.coordinator.fail(exc)
+            raise
+        try:
             self.coordinator.check()
             held = earlier.get(part.number)
             if held is not None and _holds(held, part.length, integrity, data):
@@ -423,6 +419,19 @@ class _ArchiveCopy:
             self._release(part.number, data)
             self.coordinator.fail(exc)
             raise
+
+    def _read(self, part: _Part) -> tuple[bytearray, dict[str, str]]:
+        """Take a buffer and fill it with the part's source bytes, checksummed; freed if that fails."""
+        self.observers.part_started(part.number, part.length)
+        data = self.buffers.take(part.length)
+        try:
+            self._fill(part, data)
+            integrity = self.dest.integrity(data)
+            self.observers.part_read(part.number)
+        except BaseException:
+            self._release(part.number, data)
+            raise
+        return data, integrity
 
     def _release(self, number: int, data: bytearray) -> None:
         self.buffers.give_back(data)
