@@ -8,11 +8,12 @@ InternalError), and the bytes each try sends are counted from the requests the c
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from airflow.providers.common.compat.version_compat import AIRFLOW_V_3_3_PLUS
 
 from airflow_provider_c66.transfers.backup_to_s3 import Cloud66BackupToS3Operator
 from airflow_provider_c66.transfers.copy import CopyError, SourceChanged, copy_to_s3
@@ -241,3 +242,191 @@ def test_a_refusal_by_s3_aborts_even_with_tries_left(
     with pytest.raises(CopyError, match="InvalidRequest"):
         copy_to_s3(archive.sources(), s3_client, s3_bucket, KEY, settings=FAST, keep_upload_on_failure=True)
     assert open_uploads(s3_client, s3_bucket) == []
+
+
+# --- the recorded UploadId (Airflow 3.3's task state store, or any UploadIdStore) -----------------
+class RecordedIds:
+    """An UploadIdStore in a dict, logging every call (the operator's is the task state store)."""
+
+    def __init__(self) -> None:
+        self.ids: dict[str, str] = {}
+        self.calls: list[tuple[str, str]] = []
+
+    def get(self, key: str) -> str | None:
+        self.calls.append(("get", key))
+        return self.ids.get(key)
+
+    def put(self, key: str, upload_id: str) -> None:
+        self.calls.append(("put", key))
+        self.ids[key] = upload_id
+
+    def drop(self, key: str) -> None:
+        self.calls.append(("drop", key))
+        self.ids.pop(key, None)
+
+
+def test_a_recorded_upload_is_continued_and_a_concurrent_copys_upload_left_alone(
+    archive_factory: Callable[..., Archive], s3_client: Any, s3_bucket: str
+) -> None:
+    """Try 1 records its UploadId and fails at part 4. Then another copy of the same backup opens an
+    upload on the key (newer, so a listing would pick it). Try 2 continues try 1's upload, by its id,
+    and does not touch the other copy's."""
+    archive = archive_factory(6 * PART + 123)
+    settings = FAST.__class__(**{**FAST.__dict__, "max_concurrency": 1})
+    ids = RecordedIds()
+    handler = fail_part(s3_client, 4)
+    with pytest.raises(CopyError):
+        copy_to_s3(
+            archive.sources(),
+            s3_client,
+            s3_bucket,
+            KEY,
+            settings=settings,
+            resume=True,
+            keep_upload_on_failure=True,
+            upload_ids=ids,
+        )
+    s3_client.meta.events.unregister("provide-client-params.s3.UploadPart", handler)
+    (ours,) = open_uploads(s3_client, s3_bucket)
+    assert ids.ids == {KEY: ours["UploadId"]}, "recorded when created, kept for the next try"
+    concurrent = s3_client.create_multipart_upload(Bucket=s3_bucket, Key=KEY, ChecksumAlgorithm="CRC32")
+
+    numbers = sent_parts(s3_client)
+    result = copy_to_s3(
+        archive.sources(), s3_client, s3_bucket, KEY, settings=settings, resume=True, upload_ids=ids
+    )
+    assert sorted(numbers) == [4, 5, 6, 7], "parts 1-3 of the recorded upload are not uploaded again"
+    assert result.reused == 3 * PART
+    assert read_object(s3_client, s3_bucket) == archive.content()
+    assert [u["UploadId"] for u in open_uploads(s3_client, s3_bucket)] == [concurrent["UploadId"]]
+    assert ids.ids == {}, "dropped once completed"
+    assert ids.calls == [("get", KEY), ("put", KEY), ("get", KEY), ("drop", KEY)]
+
+
+def test_a_recorded_upload_that_is_gone_starts_afresh_and_never_takes_another(
+    archive_factory: Callable[..., Archive], s3_client: Any, s3_bucket: str
+) -> None:
+    """The recorded upload was aborted meanwhile (a lifecycle rule, a concurrent copy that finished):
+    the copy starts a new upload rather than continue an unrecorded one found on the key."""
+    archive = archive_factory(2 * PART + 1)
+    data = archive.content()
+    stranger = s3_client.create_multipart_upload(Bucket=s3_bucket, Key=KEY, ChecksumAlgorithm="CRC32")
+    s3_client.upload_part(
+        Bucket=s3_bucket,
+        Key=KEY,
+        UploadId=stranger["UploadId"],
+        PartNumber=1,
+        Body=data[:PART],
+        ChecksumAlgorithm="CRC32",
+    )
+    gone = s3_client.create_multipart_upload(Bucket=s3_bucket, Key=KEY, ChecksumAlgorithm="CRC32")
+    s3_client.abort_multipart_upload(Bucket=s3_bucket, Key=KEY, UploadId=gone["UploadId"])
+    ids = RecordedIds()
+    ids.ids[KEY] = gone["UploadId"]
+
+    numbers = sent_parts(s3_client)
+    result = copy_to_s3(
+        archive.sources(), s3_client, s3_bucket, KEY, settings=FAST, resume=True, upload_ids=ids
+    )
+    assert sorted(numbers) == [1, 2, 3] and result.reused == 0, "the unrecorded upload's part 1 is not used"
+    assert read_object(s3_client, s3_bucket) == data
+    assert [u["UploadId"] for u in open_uploads(s3_client, s3_bucket)] == [stranger["UploadId"]]
+    assert ids.ids == {}
+    assert ids.calls == [("get", KEY), ("drop", KEY), ("put", KEY), ("drop", KEY)]
+
+
+def test_a_failing_upload_id_store_never_fails_the_copy(
+    archive_factory: Callable[..., Archive], s3_client: Any, s3_bucket: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Broken(RecordedIds):
+        def get(self, key: str) -> str | None:
+            raise RuntimeError("store down")
+
+        def put(self, key: str, upload_id: str) -> None:
+            raise RuntimeError("store down")
+
+        def drop(self, key: str) -> None:
+            raise RuntimeError("store down")
+
+    archive = archive_factory(2 * PART + 1)
+    copy_to_s3(archive.sources(), s3_client, s3_bucket, KEY, settings=FAST, resume=True, upload_ids=Broken())
+    assert read_object(s3_client, s3_bucket) == archive.content()
+    assert open_uploads(s3_client, s3_bucket) == []
+    logged = [r.getMessage() for r in caplog.records if "in its store" in r.getMessage()]
+    assert logged == [
+        f"s3://{s3_bucket}/{KEY}: could not {action} the upload's id in its store (store down)"
+        for action in ("get", "record", "forget")
+    ]
+
+
+@pytest.mark.skipif(
+    not AIRFLOW_V_3_3_PLUS, reason="the task state store that records the UploadId is Airflow 3.3+"
+)
+@pytest.mark.reliability(
+    area="upload",
+    fault="a retry while a concurrent copy has an upload open on the key (Airflow 3.3+)",
+    outcome="retried and succeeded",
+)
+def test_through_airflow_a_retry_continues_its_own_upload_from_the_task_state_store(
+    cloud66_emulator_factory: Any,
+    s3_client: Any,
+    s3_bucket: str,
+    aws_connection: str,
+    run_dag: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """dag.test() with retries=1: try 1 loses its connection at part 3 and keeps its upload, whose id
+    is in the task state store; meanwhile another copy opens a newer upload on the key. Try 2
+    continues try 1's upload (parts 3-5 only), the archive is byte-exact, and nothing is left: no
+    upload, no entry in the store."""
+    import botocore.client
+    from airflow.models.task_state_store import TaskStateStoreModel
+    from airflow.sdk import DAG
+    from airflow.utils.session import create_session
+
+    emu = cloud66_emulator_factory(split_threshold=64 * MiB)
+    bid = emu.add_backup("stack-1", size=4 * PART + 5, backup_date=DATE)
+    data = b"".join(emu.iter_archive("stack-1", bid))
+    numbers: list[int] = []
+    concurrent: list[str] = []
+    real = botocore.client.BaseClient._make_api_call
+
+    def api_call(self: Any, operation: str, params: dict[str, Any]) -> Any:
+        if operation == "UploadPart":
+            numbers.append(int(params["PartNumber"]))
+            if params["PartNumber"] == 3 and not concurrent:
+                opened = real(self, "CreateMultipartUpload", {"Bucket": s3_bucket, "Key": params["Key"]})
+                concurrent.append(opened["UploadId"])
+                raise ConnectionResetError("injected: connection reset by peer")
+        return real(self, operation, params)
+
+    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", api_call)
+    with DAG("archive_resumes_own_upload", schedule=None) as dag:
+        Cloud66BackupToS3Operator(
+            task_id="archive",
+            stack_id="stack-1",
+            backup_id=bid,
+            s3_bucket=s3_bucket,
+            part_size=PART,
+            max_concurrency=1,
+            asset_alias=None,
+            retries=1,
+            retry_delay=timedelta(0),
+        )
+    dagrun = run_dag(dag)
+
+    assert dagrun.state == "success"
+    assert dagrun.get_task_instance("archive").try_number == 2
+    assert numbers == [1, 2, 3, 3, 4, 5], "try 2 sends only what try 1's upload lacks"
+    (key,) = [
+        k
+        for k in (o["Key"] for o in s3_client.list_objects_v2(Bucket=s3_bucket)["Contents"])
+        if "manifest" not in k
+    ]
+    assert s3_client.get_object(Bucket=s3_bucket, Key=key)["Body"].read() == data
+    assert open_uploads(s3_client, s3_bucket) == [], (
+        "the concurrent upload is aborted once the archive is complete"
+    )
+    with create_session() as session:
+        rows = session.query(TaskStateStoreModel).filter_by(dag_id="archive_resumes_own_upload").all()
+    assert rows == []

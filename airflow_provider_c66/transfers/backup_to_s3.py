@@ -34,7 +34,7 @@ except ImportError:  # pragma: no cover
     from airflow.sdk.exceptions import AirflowException
 
 if TYPE_CHECKING:
-    from airflow_provider_c66.transfers.copy import CopySettings
+    from airflow_provider_c66.transfers.copy import CopySettings, UploadIdStore
 
 MiB = 1024 * 1024
 DEFAULT_PART_SIZE = 8 * MiB
@@ -295,6 +295,7 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
                 expected,
                 taken,
                 _tries_left(context),
+                _upload_ids(context, self.log),
             )
         except SourceChanged as exc:
             raise AirflowException(
@@ -354,6 +355,7 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
         expected_size: int | None,
         taken: set[str],
         tries_left: bool,
+        upload_ids: UploadIdStore | None,
     ) -> list[ArchivedObject]:
         from airflow_provider_c66.transfers.copy import Source, copy_to_s3
 
@@ -391,6 +393,7 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
                 resume=True,
                 keep_upload_on_failure=tries_left,
                 observers=self.copy_observers(),
+                upload_ids=upload_ids,
             )
             objects.append(
                 ArchivedObject(
@@ -595,6 +598,46 @@ def _tries_left(context: Any) -> bool:
     ti = context.get("ti") if isinstance(context, Mapping) else None
     try_number, max_tries = getattr(ti, "try_number", None), getattr(ti, "max_tries", None)
     return isinstance(try_number, int) and isinstance(max_tries, int) and try_number <= max_tries
+
+
+class TaskStateUploadIds:
+    """The archive's multipart UploadIds in Airflow 3.3's task state store (one entry, a mapping of
+    object key to UploadId): a task's tries share it, while other DAG runs and other mapped tasks have
+    stores of their own, so a retry, even after a SIGKILL, continues exactly its own upload and never a
+    concurrent copy's. The id is no secret: using it takes the bucket's credentials."""
+
+    KEY = "c66_multipart_uploads"
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    def _all(self) -> dict[str, str]:
+        value = self.store.get(self.KEY)
+        return {str(k): str(v) for k, v in value.items()} if isinstance(value, Mapping) else {}
+
+    def get(self, key: str) -> str | None:
+        return self._all().get(key)
+
+    def put(self, key: str, upload_id: str) -> None:
+        self.store.set(self.KEY, {**self._all(), key: upload_id})
+
+    def drop(self, key: str) -> None:
+        ids = self._all()
+        if ids.pop(key, None) is None:
+            return
+        if ids:
+            self.store.set(self.KEY, ids)
+        else:
+            self.store.delete(self.KEY)
+
+
+def _upload_ids(context: Any, log: Any) -> TaskStateUploadIds | None:
+    """The task state store's UploadIds (Airflow 3.3+); None below, where a resume lists the key's uploads."""
+    store = context.get("task_state_store") if isinstance(context, Mapping) else None
+    if store is None:
+        log.debug("No task state store (Airflow < 3.3): a retry finds its upload by listing the key's")
+        return None
+    return TaskStateUploadIds(store)
 
 
 def _file_ids(files: Sequence[BackupFile]) -> str:

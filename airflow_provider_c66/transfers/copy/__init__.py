@@ -30,6 +30,7 @@ from airflow_provider_c66.transfers.copy.model import (
     ObjectExists,
     Source,
     SourceChanged,
+    UploadIdStore,
 )
 from airflow_provider_c66.transfers.copy.observers import CopyObserver, ProgressLog
 from airflow_provider_c66.transfers.copy.pipeline import copy_to_s3
@@ -55,6 +56,7 @@ __all__ = [
     "ProgressLog",
     "Source",
     "SourceChanged",
+    "UploadIdStore",
     "abort_open_uploads",
     "choose_part_size",
     "copy_to_s3",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 logger = logging.getLogger("airflow_provider_c66.transfers.copy")
 
@@ -78,6 +78,21 @@ class Source:
     @property
     def label(self) -> str:
         return self.name if self.name == self.file_id else f"{self.name} (file {self.file_id})"
+
+
+class UploadIdStore(Protocol):
+    """Where a copy records the UploadId of the multipart upload it works on, keyed by object key.
+
+    Given to :func:`copy_to_s3`, a resume continues exactly the upload recorded there (Airflow 3.3's
+    task state store keeps it across a task's tries) instead of looking for one among the key's open
+    uploads, which may belong to a concurrent copy. A failing store is logged and never fails a copy.
+    """
+
+    def get(self, key: str) -> str | None: ...
+
+    def put(self, key: str, upload_id: str) -> None: ...
+
+    def drop(self, key: str) -> None: ...
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from airflow_provider_c66.transfers.copy.model import (
     CopySettings,
     Source,
     SourceChanged,
+    UploadIdStore,
     logger,
 )
 from airflow_provider_c66.transfers.copy.observers import CopyObserver, ProgressLog, _mib, _Observers
@@ -116,9 +117,11 @@ class _ArchiveCopy:
         if_none_match: bool = False,
         resume: bool = False,
         keep_upload_on_failure: bool = False,
+        upload_ids: UploadIdStore | None = None,
     ) -> None:
         self.client, self.bucket, self.key, self.extra = client, bucket, key, extra_args
         self.resume, self.keep_upload_on_failure = resume, keep_upload_on_failure
+        self.upload_ids = upload_ids
         self.reused = 0
         self._reused_lock = threading.Lock()
         self.settings, self.downloader, self.coordinator = settings, downloader, coordinator
@@ -185,7 +188,12 @@ class _ArchiveCopy:
         self, parts: Sequence[_Part], settle: Callable[[], None]
     ) -> tuple[str, ArchiveDigest, str | None]:
         found = self._resumable(parts) if self.resume else None
-        upload_id, full_object, earlier = found or (*self._create(), {})
+        if found is None:
+            upload_id, full_object = self._create()
+            found = upload_id, full_object, {}
+            if self.upload_ids is not None:
+                self._ledger("record", self.upload_ids.put, self.key, upload_id)
+        upload_id, full_object, earlier = found
         pools = _Pipeline(self.settings.max_concurrency)
         try:
             completed, digest = self._upload_parts(pools, upload_id, parts, earlier)
@@ -208,17 +216,28 @@ class _ArchiveCopy:
             self._abort(upload_id)
             pools.shutdown()
             self._abort(upload_id, quiet=True)
+            self._forget()
             raise
         pools.shutdown()
+        self._forget()
         return answer.get("ETag", ""), digest, answer.get("VersionId")
+
+    def _forget(self) -> None:
+        if self.upload_ids is not None:
+            self._ledger("forget", self.upload_ids.drop, self.key)
 
     def _resumable(self, parts: Sequence[_Part]) -> tuple[str, bool, dict[int, Any]] | None:
         """An open upload an earlier try left on this key that this copy can continue, with its parts.
 
-        Only an upload made the same way qualifies (checksum algorithm, storage class); its parts are
-        used only where S3 holds a part of the planned size whose checksum matches the source's bytes
-        (checked in :meth:`_upload_part`), so a different part plan or stale bytes are uploaded again.
+        With an :class:`UploadIdStore`, only the upload recorded there (this task's own); without,
+        the newest open upload on the key made the same way. Only an upload made the same way
+        qualifies (checksum algorithm, storage class); its parts are used only where S3 holds a part
+        of the planned size whose checksum matches the source's bytes (checked in
+        :meth:`_read_part`), so a different part plan or stale bytes are uploaded again.
         """
+        if self.upload_ids is not None:
+            recorded = self._ledger("get", self.upload_ids.get, self.key)
+            return self._continue(parts, recorded, None) if recorded else None
         try:
             pages = self.client.get_paginator("list_multipart_uploads").paginate(
                 Bucket=self.bucket, Prefix=self.key
@@ -227,43 +246,68 @@ class _ArchiveCopy:
         except Exception as exc:
             self.log.info("%s: could not list open uploads to resume (%s); starting afresh", self.target, exc)
             return None
-        wanted_class = self.extra.get("StorageClass", "STANDARD")
-        algorithm = "CRC32" if self.dest.flexible else None
         for upload in sorted(uploads, key=lambda u: str(u.get("Initiated", "")), reverse=True):
-            reported_class = upload.get("StorageClass") or "STANDARD"  # some stores always say STANDARD
-            # Some stores (nanio, radosgw) report no algorithm for any upload; AWS does. An upload whose
-            # algorithm differs refuses this copy's parts (400), which aborts it rather than keeping it.
-            reported = upload.get("ChecksumAlgorithm")
-            if (reported is not None and reported != algorithm) or reported_class not in (
-                "STANDARD",
-                wanted_class,
-            ):
-                continue
-            upload_id = str(upload.get("UploadId", ""))
-            try:
-                paginator = self.client.get_paginator("list_parts")
-                listing: list[dict[str, Any]] = [
-                    dict(page)
-                    for page in paginator.paginate(Bucket=self.bucket, Key=self.key, UploadId=upload_id)
-                ]
-            except Exception as exc:
+            found = self._continue(parts, str(upload.get("UploadId", "")), upload)
+            if found is not None:
+                return found
+        return None
+
+    def _continue(
+        self, parts: Sequence[_Part], upload_id: str, listed: Mapping[str, Any] | None
+    ) -> tuple[str, bool, dict[int, Any]] | None:
+        """The upload and its parts when it can be continued (``listed``: its ListMultipartUploads
+        entry, when it was found that way); None when it is gone or made another way."""
+        try:
+            paginator = self.client.get_paginator("list_parts")
+            listing: list[dict[str, Any]] = [
+                dict(page)
+                for page in paginator.paginate(Bucket=self.bucket, Key=self.key, UploadId=upload_id)
+            ]
+        except Exception as exc:
+            if s3_error_code(exc) == "NoSuchUpload":
+                self.log.info("%s: the upload an earlier try left is gone; starting afresh", self.target)
+                if listed is None and self.upload_ids is not None:
+                    self._ledger("drop", self.upload_ids.drop, self.key)
+            else:
                 self.log.info(
                     "%s: could not list the parts of an open upload (%s); starting afresh", self.target, exc
                 )
-                continue
-            earlier = {int(p["PartNumber"]): p for page in listing for p in page.get("Parts", [])}
-            kind = next((page.get("ChecksumType") for page in listing if page.get("ChecksumType")), None)
-            full_object = (kind or upload.get("ChecksumType")) == "FULL_OBJECT"
-            usable = sum(1 for part in parts if earlier.get(part.number, {}).get("Size") == part.length)
+            return None
+        about: Mapping[str, Any] = listed or (listing[0] if listing else {})
+        reported_class = about.get("StorageClass") or "STANDARD"  # some stores always say STANDARD
+        # Some stores (nanio, radosgw) report no algorithm for any upload; AWS does. An upload whose
+        # algorithm differs refuses this copy's parts (400), which aborts it rather than keeping it.
+        reported = about.get("ChecksumAlgorithm")
+        algorithm = "CRC32" if self.dest.flexible else None
+        if (reported is not None and reported != algorithm) or reported_class not in (
+            "STANDARD",
+            self.extra.get("StorageClass", "STANDARD"),
+        ):
             self.log.info(
-                "%s: resuming the multipart upload an earlier try left open: %d of %d part(s) in S3 have "
-                "the planned size and are checked against the source before use",
-                self.target,
-                usable,
-                len(parts),
+                "%s: an open upload on the key was made another way; not continuing it", self.target
             )
-            return upload_id, full_object, earlier
-        return None
+            return None
+        earlier = {int(p["PartNumber"]): p for page in listing for p in page.get("Parts", [])}
+        kind = next((page.get("ChecksumType") for page in listing if page.get("ChecksumType")), None)
+        full_object = (kind or about.get("ChecksumType")) == "FULL_OBJECT"
+        usable = sum(1 for part in parts if earlier.get(part.number, {}).get("Size") == part.length)
+        self.log.info(
+            "%s: resuming the multipart upload an earlier try left open: %d of %d part(s) in S3 have "
+            "the planned size and are checked against the source before use",
+            self.target,
+            usable,
+            len(parts),
+        )
+        return upload_id, full_object, earlier
+
+    def _ledger(self, action: str, call: Callable[..., _T], *args: str) -> _T | None:
+        """One call to the UploadIdStore: what it raises is logged, never the copy's failure (without
+        the record, a later try starts afresh)."""
+        try:
+            return call(*args)
+        except Exception as exc:
+            self.log.warning("%s: could not %s the upload's id in its store (%s)", self.target, action, exc)
+            return None
 
     def _create(self) -> tuple[str, bool]:
         """CreateMultipartUpload; True when S3 keeps a full-object CRC32 (``ChecksumType=FULL_OBJECT``).
@@ -480,6 +524,7 @@ def copy_to_s3(
     resume: bool = False,
     keep_upload_on_failure: bool = False,
     observers: Sequence[CopyObserver] = (),
+    upload_ids: UploadIdStore | None = None,
 ) -> CopyResult:
     """Copy ``sources``, concatenated in order, to ``s3://bucket/key``; all or nothing.
 
@@ -502,6 +547,9 @@ def copy_to_s3(
     :param keep_upload_on_failure: another try follows: on a failure (not a cancel, not a changed
         source) leave the multipart upload open for it to resume instead of aborting it.
     :param observers: told of the copy's progress (:class:`CopyObserver`), after the progress log.
+    :param upload_ids: where the multipart upload's id is recorded once created and dropped once it
+        completes or is aborted; a resume then continues only the recorded upload (the task's own),
+        never another open upload on the key. Without it, a resume takes the newest matching one.
     :raises ObjectExists: another run wrote the key meanwhile; nothing of this copy is left.
     :raises SourceChanged: the sources changed during the copy or disagree with ``expected_size``.
     :raises CopyError: the copy failed; no object and no multipart upload were left behind.
@@ -551,6 +599,7 @@ def copy_to_s3(
             if_none_match,
             resume,
             keep_upload_on_failure,
+            upload_ids,
         )
         etag, digest, s3_checksum = copy.run(
             parts, lambda: before_complete(sizes) if before_complete else None
