@@ -13,7 +13,7 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote
@@ -23,6 +23,7 @@ from airflow_provider_c66.exceptions import (
     Cloud66ApiError,
     Cloud66AuthError,
     Cloud66NotFoundError,
+    Cloud66OutcomeUnknownError,
     Cloud66RateLimitError,
     Cloud66ResponseError,
 )
@@ -34,6 +35,11 @@ from airflow_provider_c66.redaction import redact_url as redact_url
 DEFAULT_BASE_URL = "https://app.cloud66.com/api/3"
 USER_AGENT = f"airflow-provider-c66/{__version__}"
 MAX_PAGES = 10_000
+POST_NOT_REPEATED = (
+    "It was not sent again: Cloud 66 may have carried it out. Check the stack's backups (and its "
+    "backup tasks) in Cloud 66 before running this task again"
+)
+"""What every error about a POST of unknown outcome says (see :class:`Cloud66OutcomeUnknownError`)."""
 
 
 def undo_percent_quirk(url: str) -> str:
@@ -111,7 +117,7 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> f
     except (TypeError, ValueError):
         return None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
+        when = when.replace(tzinfo=UTC)
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
@@ -168,11 +174,8 @@ def interpret(request: ApiRequest, status: int, headers: Mapping[str, str], body
             message = f"{where}: the answer is not a Cloud 66 JSON envelope ({what})"
             if not request.idempotent:
                 # A 2xx means something took the request; it may have been Cloud 66 after it acted.
-                message += (
-                    ". It was not sent again: Cloud 66 may have carried it out. Check the stack's "
-                    "backups (and its backup tasks) in Cloud 66 before running this task again"
-                )
-            return Outcome(error=Cloud66ResponseError(message, **ctx), retryable=request.idempotent)
+                return _outcome_unknown(message, ctx)
+            return Outcome(error=Cloud66ResponseError(message, **ctx), retryable=True)
         pagination = payload.get("pagination")
         has_next = isinstance(pagination, Mapping) and pagination.get("next") not in (None, "", False)
         return Outcome(page=Page(payload["response"], has_next, remaining))
@@ -185,16 +188,18 @@ def interpret(request: ApiRequest, status: int, headers: Mapping[str, str], body
         throttled = Cloud66RateLimitError(
             f"{where}: the Cloud 66 hourly request budget is spent ({detail}); it resets at "
             f"{_utc(reset)}. Airflow's task retry (retries/retry_delay) can take over from here.",
-            reset_at=datetime.fromtimestamp(reset, timezone.utc),
+            reset_at=datetime.fromtimestamp(reset, UTC),
             **ctx,
         )
         return Outcome(error=throttled, retryable=True, reset_at=reset)
     if status == 429 or status == 408 or (status >= 500 and error_id != "not_implemented"):
-        error = Cloud66ApiError(f"{where}: Cloud 66 answered {detail}", **ctx)
-        # A POST that got a 5xx may have been carried out: repeating it could create a second
-        # backup task. Only "rejected, try later" (429) is safe to repeat for every method.
-        retryable = request.idempotent or status == 429
-        return Outcome(error=error, retryable=retryable, retry_after=parse_retry_after(headers))
+        message = f"{where}: Cloud 66 answered {detail}"
+        if not request.idempotent and status != 429:
+            # A POST that got a 5xx (or a proxy's 408) may have been carried out: repeating it could
+            # create a second backup task. Only "rejected, try later" (429) is safe to repeat.
+            return _outcome_unknown(message, ctx)
+        error = Cloud66ApiError(message, **ctx)
+        return Outcome(error=error, retryable=True, retry_after=parse_retry_after(headers))
     if status == 401:
         message = f"{where}: Cloud 66 rejected the access token ({detail}); check the connection's password"
         return Outcome(error=Cloud66AuthError(message, **ctx))
@@ -220,17 +225,27 @@ def transport_failure(request: ApiRequest, exc: BaseException, *, maybe_sent: bo
     """A request that got no answer (refused, reset, timed out).
 
     Worth another try, except a POST that may have reached Cloud 66 (``maybe_sent``): it is not
-    repeated, so a dropped answer never turns into two backup tasks.
+    repeated (:class:`Cloud66OutcomeUnknownError`), so a dropped answer never turns into two backup
+    tasks. A connection that could not even be opened is retried for every method.
     """
     message = f"{request.method} {request.path}: no answer from Cloud 66 ({type(exc).__name__}: {exc})"
+    if not request.idempotent and maybe_sent:
+        return _outcome_unknown(message, {"method": request.method, "path": request.path})
     return Outcome(
         error=Cloud66ApiError(redact_text(message), method=request.method, path=request.path),
-        retryable=request.idempotent or not maybe_sent,
+        retryable=True,
+    )
+
+
+def _outcome_unknown(message: str, ctx: Mapping[str, Any]) -> Outcome:
+    """A POST that may have been carried out: final, never repeated, and the error says what to check."""
+    return Outcome(
+        error=Cloud66OutcomeUnknownError(f"{message}. {POST_NOT_REPEATED}", **ctx), retryable=False
     )
 
 
 def _utc(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 @dataclass(frozen=True)
@@ -284,7 +299,7 @@ class RateBudget:
                 f"{request.method} {request.path}: the Cloud 66 hourly request budget is spent; it resets at "
                 f"{_utc(self.reset_at)}, later than the {policy.max_rate_limit_wait:.0f} s this task may wait. "
                 "Airflow's task retry (retries/retry_delay) can take over from here.",
-                reset_at=datetime.fromtimestamp(self.reset_at, timezone.utc),
+                reset_at=datetime.fromtimestamp(self.reset_at, UTC),
                 method=request.method,
                 path=request.path,
             )

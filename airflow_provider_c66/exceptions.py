@@ -73,3 +73,11 @@ class Cloud66CancelledError(Cloud66ApiError):
 
 class Cloud66ResponseError(Cloud66ApiError):
     """The API answered 2xx with a body or record that cannot be read (not JSON, wrong shape)."""
+
+
+class Cloud66OutcomeUnknownError(Cloud66ResponseError):
+    """A POST (create a backup task, import a backup) whose outcome cannot be known: it got a 2xx that
+    is not a Cloud 66 envelope, a 5xx, or no answer after it was sent. Cloud 66 may have carried it out,
+    so it is never sent again; the message says what to check in Cloud 66. The create and import
+    operators fail their task without retries on it, since a retry would POST again.
+    """

@@ -11,7 +11,7 @@ import enum
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from airflow_provider_c66.exceptions import Cloud66ResponseError
@@ -161,16 +161,16 @@ def parse_datetime(value: object) -> datetime:
     else:
         raise TypeError(f"expected an ISO 8601 timestamp, got {_kind(value)}")
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
+        parsed = parsed.replace(tzinfo=UTC)
     try:
-        return parsed.astimezone(timezone.utc)
+        return parsed.astimezone(UTC)
     except OverflowError:  # year 1 or 9999 with an offset: a ValueError like any other bad timestamp
         raise ValueError(f"{value!r:.40} is out of the representable range") from None
 
 
 def format_datetime(value: datetime) -> str:
     """The API's own timestamp form: ``2014-09-01T19:00:33Z`` (microseconds kept when present)."""
-    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
 from airflow_provider_c66 import validation
@@ -193,12 +193,12 @@ class BackupWait:
         """Whether ``backup``'s record is at least ``settle_seconds`` old (always, when that is 0)."""
         if self.settle_seconds <= 0:
             return True
-        now = now or datetime.now(timezone.utc)
+        now = now or datetime.now(UTC)
         return last_change(backup) + timedelta(seconds=self.settle_seconds) <= now
 
     def _found(self, page: Sequence[Backup], now: datetime | None) -> list[tuple[Watermark, Backup | None]]:
         """Per watermark, the newest wanted backup on ``page`` (newest first) that passes it."""
-        now = now or datetime.now(timezone.utc)
+        now = now or datetime.now(UTC)
         candidates = [b for b in page if self._wanted(b, now)]
         return [
             (

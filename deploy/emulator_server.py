@@ -19,7 +19,7 @@ import signal
 import sys
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +62,7 @@ def main() -> int:
     emu = Cloud66Emulator(TOKEN, split_threshold=SPLIT_THRESHOLD, split_size=SPLIT_SIZE)
     emu.start()
     try:
-        old = datetime.now(timezone.utc) - timedelta(days=3)
+        old = datetime.now(UTC) - timedelta(days=3)
         for stack in STACKS:
             emu.add_stack(stack, databases=[(db_type, f"{db_type}_db") for db_type in DB_TYPES])
             for db_type in DB_TYPES:
@@ -109,7 +109,7 @@ def add_fresh_backup(emu: Cloud66Emulator, index: int, stack: str, db_type: str)
         db_type=db_type,
         database_name=f"{db_type}_db",
         size=fresh_size(index),
-        backup_date=datetime.now(timezone.utc),
+        backup_date=datetime.now(UTC),
     )
     return {
         "stack_id": stack,

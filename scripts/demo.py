@@ -24,7 +24,7 @@ import sys
 import tempfile
 import uuid
 from contextlib import ExitStack
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +76,7 @@ def start_embedded(stack: ExitStack, *, fast: bool) -> tuple[str, Any]:
     host, port = s3_server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
 
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     stacks = {
         "shop-prod": [("mysql", "shop"), ("redis", "cache")],
         "blog-prod": [("postgresql", "blog")],

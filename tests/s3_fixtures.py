@@ -87,6 +87,12 @@ SERVER_LIMITS: dict[str, dict[str, str]] = {
     "tests/test_s3_strict.py::test_a_store_that_ignores_object_lock_leaves_no_unprotected_object": {
         "nanio": _NANIO_NO_LOCK,
     },
+    "tests/test_s3_strict.py::test_a_policy_that_cannot_read_the_lock_fails_naming_the_permission": {
+        "nanio": _NANIO_NO_LOCK,
+    },
+    "tests/test_s3_strict.py::test_a_lock_call_the_store_refuses_leaves_no_unprotected_object": {
+        "nanio": _NANIO_NO_LOCK,
+    },
     "tests/test_s3_strict.py::test_another_runs_object_is_never_overwritten": {
         "nanio": _NANIO_NO_CONDITIONS,
         "radosgw": "radosgw 16.2 ignores If-None-Match: * on CompleteMultipartUpload (it honours it on PutObject)",

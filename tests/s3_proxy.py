@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import parse_qsl, urlsplit
 
 
@@ -55,6 +55,8 @@ NO_SUCH_UPLOAD = Answer(
 Action = Literal["lose_answer"] | Answer | None
 # Looks at what the upstream server answered (status) and may replace it, as AWS would answer.
 AfterRule = Callable[["ProxiedRequest", int], Answer | None]
+# Looks at the response headers the upstream server sent and returns those the client may see.
+ShownRule = Callable[["ProxiedRequest", list[tuple[str, str]]], list[tuple[str, str]]]
 _HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te"}
 
 
@@ -132,6 +134,7 @@ class S3Proxy:
         self.upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
         self.rule: Callable[[ProxiedRequest], Action] = lambda request: None
         self.after: AfterRule | None = None
+        self.shown: ShownRule | None = None
         self.seen: list[tuple[ProxiedRequest, str]] = []  # (request, what happened)
         self._lock = threading.Lock()
         proxy = self
@@ -202,7 +205,8 @@ class S3Proxy:
             handler.connection.close()
             return
         handler.send_response(answer.status)
-        for name, value in answer.getheaders():
+        headers = answer.getheaders()
+        for name, value in self.shown(request, headers) if self.shown else headers:
             if name.lower() not in _HOP_BY_HOP and name.lower() != "content-length":
                 handler.send_header(name, value)
         # A HEAD's Content-Length is the object's, not the (empty) body's.
@@ -221,6 +225,16 @@ class S3Proxy:
         handler.send_header("Content-Length", str(len(payload)))
         handler.end_headers()
         handler.wfile.write(payload)
+
+    def enforce(self, policy: Any, *before: Callable[[ProxiedRequest], Action]) -> None:
+        """Authorize every request as ``policy`` (an ``s3_rules.IamPolicy``) does, after the ``before``
+        rules: what it denies, how it answers a missing key, and which response headers it lets through."""
+        rules = [*before, policy]
+
+        def rule(request: ProxiedRequest) -> Action:
+            return next((action for each in rules if (action := each(request)) is not None), None)
+
+        self.rule, self.after, self.shown = rule, policy.after, policy.shown
 
     def requests(self, operation: str) -> list[ProxiedRequest]:
         """The requests of one operation that reached the proxy, in order."""
@@ -246,7 +260,7 @@ def tls_context(directory: Path) -> tuple[ssl.SSLContext, Path]:
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     certificate = (
         x509.CertificateBuilder()
         .subject_name(name)

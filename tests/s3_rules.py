@@ -70,6 +70,9 @@ class IamPolicy:
     on a write ``s3:PutObjectRetention``/``s3:PutObjectLegalHold``; SSE-KMS: writes and parts need
     ``kms:GenerateDataKey``, completing a multipart upload and reading need ``kms:Decrypt``.
     A HEAD or GET of a missing key answers 403, not 404, without ``s3:ListBucket`` on the bucket.
+    A HEAD or GET shows an object's retention (``x-amz-object-lock-mode``/``-retain-until-date``)
+    only with ``s3:GetObjectRetention``, and its legal hold only with ``s3:GetObjectLegalHold``
+    (HeadObject and GetObject API reference, response headers).
     """
 
     def __init__(self, statements: Iterable[tuple[Iterable[str], Iterable[str]]]) -> None:
@@ -148,6 +151,18 @@ class IamPolicy:
             return self._deny(request, "s3:ListBucket")
         return None
 
+    def shown(self, request: ProxiedRequest, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """The response headers this policy lets the caller see."""
+        if request.operation not in ("GetObject", "HeadObject"):
+            return headers
+        resource = f"arn:aws:s3:::{request.bucket}/{request.key}"
+        hidden = set()
+        if not self.allows("s3:GetObjectRetention", resource):
+            hidden |= {"x-amz-object-lock-mode", "x-amz-object-lock-retain-until-date"}
+        if not self.allows("s3:GetObjectLegalHold", resource):
+            hidden.add("x-amz-object-lock-legal-hold")
+        return [(name, value) for name, value in headers if name.lower() not in hidden]
+
     def _deny(self, request: ProxiedRequest, action: str) -> Answer:
         with self._lock:
             self.denied.append((request.operation, action))
@@ -190,10 +205,12 @@ def require_content_md5(request: ProxiedRequest) -> Action:
 
 def lock_writes_need_a_checksum(request: ProxiedRequest) -> Action:
     """AWS: "The Content-MD5 or x-amz-sdk-checksum-algorithm header is required for any request to
-    upload an object with a retention period configured using Amazon S3 Object Lock" (moto agrees)."""
+    upload an object with a retention period configured using Amazon S3 Object Lock" (moto agrees); and
+    PutObjectRetention/PutObjectLegalHold require a checksum (``httpChecksum.requestChecksumRequired``)."""
     headers = request.headers
     locked = any(name.startswith("x-amz-object-lock-") for name in headers)
-    if request.operation != "PutObject" or not locked:
+    lock_call = request.operation in ("PutObjectRetention", "PutObjectLegalHold")
+    if not lock_call and (request.operation != "PutObject" or not locked):
         return None
     if "content-md5" in headers or "x-amz-sdk-checksum-algorithm" in headers:
         return None

@@ -12,6 +12,7 @@ from airflow_provider_c66.exceptions import (
     Cloud66ApiError,
     Cloud66AuthError,
     Cloud66NotFoundError,
+    Cloud66OutcomeUnknownError,
     Cloud66RateLimitError,
     Cloud66ResponseError,
 )
@@ -63,6 +64,74 @@ def test_error_mapping(request_, status, body, kind, retryable, text):
     assert text in str(outcome.error)
     assert outcome.error.status == status
     assert outcome.error.method == request_.method and outcome.error.path == request_.path
+
+
+NOT_REPEATED = (
+    ". It was not sent again: Cloud 66 may have carried it out. Check the stack's backups (and its "
+    "backup tasks) in Cloud 66 before running this task again"
+)
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "said"),
+    [
+        (200, b"<html>Be right back</html>", "the answer is not a Cloud 66 JSON envelope (non-JSON answer "),
+        (200, b'{"response": [{"id"', "the answer is not a Cloud 66 JSON envelope (non-JSON answer "),
+        (500, envelope("internal_error", "boom"), "Cloud 66 answered 500 internal_error: boom"),
+        (502, b"<html>Bad gateway</html>", "Cloud 66 answered 502 non-JSON answer "),
+        (503, envelope("unavailable"), "Cloud 66 answered 503 unavailable"),
+        (504, b"", "Cloud 66 answered 504 non-JSON answer "),
+        (408, b"", "Cloud 66 answered 408 non-JSON answer "),
+    ],
+)
+def test_a_post_answered_so_may_have_been_carried_out_and_is_final(status, body, said):
+    outcome = api.interpret(POST, status, {"Content-Type": "text/html"}, body)
+    assert type(outcome.error) is Cloud66OutcomeUnknownError
+    assert isinstance(outcome.error, Cloud66ResponseError)
+    assert outcome.retryable is False
+    message = str(outcome.error)
+    assert message.startswith(f"POST /stacks/abc/backups.json: {said}") and message.endswith(NOT_REPEATED)
+    assert (outcome.error.status, outcome.error.method, outcome.error.path) == (status, "POST", POST.path)
+    with pytest.raises(Cloud66OutcomeUnknownError):
+        Attempts(RetryPolicy(), RateBudget()).delay_after(POST, outcome)
+
+
+def test_a_post_without_an_answer_after_sending_is_final_and_before_sending_is_retried():
+    exc = ConnectionResetError(104, "Connection reset by peer")
+    sent = api.transport_failure(POST, exc, maybe_sent=True)
+    assert type(sent.error) is Cloud66OutcomeUnknownError and sent.retryable is False
+    assert str(sent.error) == (
+        "POST /stacks/abc/backups.json: no answer from Cloud 66 (ConnectionResetError: [Errno 104] "
+        "Connection reset by peer)" + NOT_REPEATED
+    )
+    assert sent.error.status is None
+    refused = api.transport_failure(POST, ConnectionRefusedError(111, "refused"), maybe_sent=False)
+    assert type(refused.error) is Cloud66ApiError and refused.retryable is True
+    assert str(refused.error) == (
+        "POST /stacks/abc/backups.json: no answer from Cloud 66 (ConnectionRefusedError: [Errno 111] refused)"
+    )
+    lost_get = api.transport_failure(GET, exc, maybe_sent=True)
+    assert type(lost_get.error) is Cloud66ApiError and lost_get.retryable is True
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "kind"),
+    [
+        (429, b"", Cloud66ApiError),
+        (503, envelope("throttled"), Cloud66RateLimitError),
+    ],
+)
+def test_a_post_refused_for_now_is_still_retried(status, body, kind):
+    outcome = api.interpret(POST, status, {}, body)
+    assert type(outcome.error) is kind and outcome.retryable is True
+    assert "not sent again" not in str(outcome.error)
+
+
+def test_a_post_refused_for_good_is_not_said_to_be_carried_out():
+    for status, body in [(503, envelope("not_implemented")), (400, envelope("bad_request", "x", "bad"))]:
+        outcome = api.interpret(POST, status, {}, body)
+        assert type(outcome.error) is Cloud66ApiError and outcome.retryable is False
+        assert "not sent again" not in str(outcome.error)
 
 
 def test_details_are_preferred_over_description():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -14,7 +14,7 @@ BACKUP = Backup(
     id=42,
     db_type="postgresql",
     database_name="app db",
-    backup_date=datetime(2026, 2, 3, 23, 59, tzinfo=timezone.utc),
+    backup_date=datetime(2026, 2, 3, 23, 59, tzinfo=UTC),
     status=BackupStatus.OK,
 )
 

@@ -6,7 +6,7 @@ import hashlib
 import json
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -15,7 +15,7 @@ from airflow_provider_c66.transfers.backup_to_s3 import Cloud66BackupToS3Operato
 from airflow_provider_c66.transfers.s3_to_cloud66 import S3ToCloud66ImportOperator
 
 MiB = 1024 * 1024
-DATE = datetime(2026, 3, 4, 5, 6, 7, tzinfo=timezone.utc)
+DATE = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
@@ -25,7 +25,7 @@ from airflow_provider_c66.transfers import archive
 from airflow_provider_c66.transfers.backup_to_s3 import Cloud66BackupToS3Operator
 from airflow_provider_c66.transfers.s3_to_cloud66 import S3ToCloud66ImportOperator
 
-RUN = datetime(2026, 5, 1, tzinfo=timezone.utc)
+RUN = datetime(2026, 5, 1, tzinfo=UTC)
 SIGNED_URL = "https://backups.example.com/dumps/app_db.tar?X-Amz-Signature=0123abcd"
 BUCKET = "{bucket}"  # replaced by the test's bucket
 

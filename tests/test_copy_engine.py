@@ -16,7 +16,7 @@ import zlib
 from base64 import b64encode
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -759,7 +759,7 @@ def test_abort_open_uploads_under_a_prefix(s3_client: Any, s3_bucket: str) -> No
         s3_client.create_multipart_upload(Bucket=s3_bucket, Key=key)
 
     # moto reports every upload as initiated in 2010: "before 2001" keeps them all.
-    before_2001 = datetime(2001, 1, 1, tzinfo=timezone.utc)
+    before_2001 = datetime(2001, 1, 1, tzinfo=UTC)
     assert abort_open_uploads(s3_client, s3_bucket, prefix="backups/", initiated_before=before_2001) == 0
     assert abort_open_uploads(s3_client, s3_bucket, prefix="backups/") == 3
 
@@ -896,6 +896,81 @@ def test_lost_complete_answer_with_another_object_at_the_key_is_not_accepted(
     with pytest.raises(CopyError, match="CompleteMultipartUpload failed"):
         copy_to_s3(archive.sources(), s3_client, s3_bucket, KEY, settings=FAST)
     assert read_object(s3_client, s3_bucket) == b"someone else's"
+
+
+def _lose_every_complete(client: Any) -> None:
+    """Every CompleteMultipartUpload answers NoSuchUpload, as botocore's resend after a lost answer does;
+    the object at the key is then whatever was there before."""
+
+    def no_such_upload(**_: Any) -> None:
+        raise ClientError({"Error": {"Code": "NoSuchUpload", "Message": "gone"}}, "CompleteMultipartUpload")
+
+    client.meta.events.register("before-call.s3.CompleteMultipartUpload", no_such_upload)
+
+
+@pytest.mark.reliability(
+    area="upload",
+    fault="lost Complete answer; the object at the key has this copy's size and metadata, other bytes",
+    outcome="clear error",
+)
+def test_lost_complete_answer_with_other_bytes_of_the_same_size_is_not_accepted(
+    archive_factory: Callable[..., Archive], s3_client: Any, s3_bucket: str
+) -> None:
+    size = 12 * MiB + 3
+    archive = archive_factory(size)
+    other = Archive(archive.emu, archive.emu.add_backup(STACK, size=size))  # another seed: other bytes
+    assert len(other.content()) == size and other.content() != archive.content()
+    metadata = {"c66-stack-id": STACK, "c66-backup-id": "7"}
+    # Another copy put its bytes at the key, with the same part layout and the same metadata.
+    copy_to_s3(other.sources(), s3_client, s3_bucket, KEY, settings=FAST, extra_args={"Metadata": metadata})
+    before = s3_client.head_object(Bucket=s3_bucket, Key=KEY)
+    assert (before["ContentLength"], before["Metadata"]) == (size, metadata)
+
+    _lose_every_complete(s3_client)
+    with pytest.raises(CopyError, match="CompleteMultipartUpload failed"):
+        copy_to_s3(
+            archive.sources(), s3_client, s3_bucket, KEY, settings=FAST, extra_args={"Metadata": metadata}
+        )
+    assert read_object(s3_client, s3_bucket) == other.content()
+    assert s3_client.head_object(Bucket=s3_bucket, Key=KEY)["ETag"] == before["ETag"]
+    assert s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
+
+    # The same copy of the bytes that are there is accepted: only the bytes told the two apart.
+    result = copy_to_s3(
+        other.sources(), s3_client, s3_bucket, KEY, settings=FAST, extra_args={"Metadata": metadata}
+    )
+    assert (result.size, result.sha256) == (size, other.sha256())
+
+
+@pytest.mark.reliability(
+    area="upload",
+    fault="lost Complete answer; the object at the key has this copy's bytes but not its metadata",
+    outcome="clear error",
+)
+def test_lost_complete_answer_with_the_same_bytes_without_this_packages_metadata_is_not_accepted(
+    archive_factory: Callable[..., Archive], s3_client: Any, s3_bucket: str
+) -> None:
+    size = 12 * MiB + 3
+    archive = archive_factory(size)
+    metadata = {"c66-stack-id": STACK, "c66-backup-id": str(archive.backup_id)}
+    # The same bytes, copied the same way (same parts, so the same checksum and ETag), by something
+    # that did not set this package's metadata.
+    copy_to_s3(archive.sources(), s3_client, s3_bucket, KEY, settings=FAST)
+    before = s3_client.head_object(Bucket=s3_bucket, Key=KEY)
+    assert (before["ContentLength"], before["Metadata"]) == (size, {})
+
+    _lose_every_complete(s3_client)
+    with pytest.raises(CopyError, match="CompleteMultipartUpload failed"):
+        copy_to_s3(
+            archive.sources(), s3_client, s3_bucket, KEY, settings=FAST, extra_args={"Metadata": metadata}
+        )
+    after = s3_client.head_object(Bucket=s3_bucket, Key=KEY)
+    assert (after["ETag"], after["Metadata"]) == (before["ETag"], {})
+    assert s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
+
+    # Without the metadata the same copy is accepted: only the metadata told the two apart.
+    result = copy_to_s3(archive.sources(), s3_client, s3_bucket, KEY, settings=FAST)
+    assert (result.size, result.sha256) == (size, archive.sha256())
 
 
 @given(st.binary(max_size=3000), st.binary(max_size=3000), st.binary(max_size=70))

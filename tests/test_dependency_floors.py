@@ -3,23 +3,33 @@
 from __future__ import annotations
 
 import os
+import sys
+import tomllib
 from importlib.metadata import version
 from pathlib import Path
 
 import pytest
-import tomllib
 from packaging.requirements import Requirement
 from packaging.version import Version
 
 PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
 
 
-def _direct_dependencies() -> list[Requirement]:
+def _project() -> dict[str, object]:
     with PYPROJECT.open("rb") as f:
-        return [Requirement(spec) for spec in tomllib.load(f)["project"]["dependencies"]]
+        return dict(tomllib.load(f)["project"])
+
+
+def _direct_dependencies() -> list[Requirement]:
+    return [Requirement(spec) for spec in _project()["dependencies"]]  # type: ignore[attr-defined]
+
+
+def _dev_dependencies() -> list[Requirement]:
+    return [Requirement(spec) for spec in _project()["optional-dependencies"]["dev"]]  # type: ignore[index]
 
 
 DEPENDENCIES = pytest.mark.parametrize("requirement", _direct_dependencies(), ids=lambda r: r.name)
+DEV_DEPENDENCIES = pytest.mark.parametrize("requirement", _dev_dependencies(), ids=lambda r: r.name)
 
 
 def _floor(requirement: Requirement) -> Version:
@@ -42,3 +52,25 @@ def test_floor_run_installs_the_declared_floor(requirement: Requirement) -> None
         f"the floor run installs {requirement.name} {version(requirement.name)}, but pyproject.toml declares "
         f"{requirement}: raise the bound to what installs (and passes), or make the floor run install it"
     )
+
+
+@DEV_DEPENDENCIES
+def test_installed_dev_version_is_allowed(requirement: Requirement) -> None:
+    _floor(requirement)
+    assert requirement.specifier.contains(version(requirement.name), prereleases=True)
+
+
+@pytest.mark.skipif(os.environ.get("C66_FLOOR_RUN") != "1", reason="only make test-floor installs the floors")
+@DEV_DEPENDENCIES
+def test_floor_run_installs_the_declared_dev_floor(requirement: Requirement) -> None:
+    """The dev tools are installed at their newest as of the floor date: that is the bound declared."""
+    assert Version(version(requirement.name)) == _floor(requirement), (
+        f"the floor run installs {requirement.name} {version(requirement.name)}, but pyproject.toml declares "
+        f"{requirement}"
+    )
+
+
+@pytest.mark.skipif(os.environ.get("C66_FLOOR_RUN") != "1", reason="only make test-floor installs the floors")
+def test_floor_run_uses_the_lowest_python_allowed() -> None:
+    declared = Version(str(_project()["requires-python"]).removeprefix(">="))
+    assert sys.version_info[:2] == (declared.major, declared.minor)

@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -143,7 +143,7 @@ def test_paths_work_with_and_without_json_suffix(emu: Cloud66Emulator) -> None:
 
 
 def test_backups_pagination_over_three_pages_newest_first(emu: Cloud66Emulator) -> None:
-    base = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    base = datetime(2024, 1, 1, tzinfo=UTC)
     # Insert in scrambled date order so that id order and date order disagree.
     ids_by_date = {}
     for i in sorted(range(70), key=lambda k: (k * 37) % 70):
@@ -193,7 +193,7 @@ def test_backup_filters_and_bad_parameters(emu: Cloud66Emulator) -> None:
 
 
 def test_backup_record_has_every_reference_field(emu: Cloud66Emulator) -> None:
-    date = datetime(2014, 9, 1, 19, 0, 33, 123456, tzinfo=timezone.utc)
+    date = datetime(2014, 9, 1, 19, 0, 33, 123456, tzinfo=UTC)
     backup_id = emu.add_backup(
         "stack-1", size=4321, backup_date=date, extra_fields={"surprise": [1], "verify_status": "weird"}
     )

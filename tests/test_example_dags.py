@@ -19,7 +19,7 @@ import textwrap
 import time
 import urllib.request
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -34,7 +34,7 @@ ARCHIVE = "cloud66_archive_to_s3"
 SETUP = "cloud66_setup_backup_tasks"
 RESTORE = "cloud66_restore_from_s3"
 MiB = 1024 * 1024
-OLD = datetime(2026, 1, 1, tzinfo=timezone.utc)
+OLD = datetime(2026, 1, 1, tzinfo=UTC)
 
 WAIT = "archive.wait_for_backup"
 COPY = "archive.copy_to_s3"
@@ -240,7 +240,7 @@ def test_archive_dag_archives_every_target_byte_exact_and_a_rerun_copies_nothing
     archive_emu, s3_client, s3_bucket, aws_connection, run_dag, monkeypatch
 ):
     emu = archive_emu
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     # Not archived: an older backup of a target, a backup of a type nobody asked for.
     emu.add_backup(
         "shop-prod", db_type="mysql", database_name="shop", size=1000, backup_date=now - timedelta(hours=3)
@@ -317,7 +317,7 @@ def test_archive_dag_one_failed_backup_fails_its_own_tasks_and_then_the_run(
     archive_emu, s3_client, s3_bucket, aws_connection, run_dag, monkeypatch
 ):
     emu = archive_emu
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     good_before = emu.add_backup(
         "shop-prod", db_type="mysql", database_name="shop", size=3000, backup_date=now - timedelta(hours=5)
     )
@@ -440,7 +440,7 @@ def test_restore_dag_imports_the_object_and_waits_for_the_imported_backup(
         db_type="mysql",
         database_name="shop",
         group=3,
-        backup_date=datetime.now(timezone.utc) - timedelta(hours=1),
+        backup_date=datetime.now(UTC) - timedelta(hours=1),
     )
     emu.add_backup("shop-prod", db_type="mysql", database_name="shop", group=4, backup_date=OLD)
     key = "cloud66/shop-prod/mysql/shop/2026/01/01/12/shop.tar"
@@ -476,7 +476,7 @@ def test_restore_dag_imports_the_object_and_waits_for_the_imported_backup(
         "/us-east-1/s3/aws4_request"
     )
     assert query["X-Amz-Expires"] == [str(6 * 3600)]
-    signed_at = datetime.strptime(query["X-Amz-Date"][0], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+    signed_at = datetime.strptime(query["X-Amz-Date"][0], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
     assert started - 1 <= signed_at.timestamp() <= finished + 1
     with urllib.request.urlopen(post.json["remote_url"], timeout=30) as response:
         assert response.read() == body

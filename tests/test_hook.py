@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import requests
@@ -22,7 +22,7 @@ from airflow_provider_c66.hooks.cloud66 import Cloud66Hook
 from airflow_provider_c66.models import Backup, BackupFile, BackupStatus
 
 FAST = RetryPolicy(max_attempts=4, backoff_base=0.01, backoff_max=0.05, max_rate_limit_wait=5)
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -252,7 +252,7 @@ def test_throttled_with_a_far_reset_raises_rate_limit_error(cloud66_emulator_fac
     emu.set_remaining(0)
     with pytest.raises(Cloud66RateLimitError, match="resets at") as info:
         Cloud66Hook(retry_policy=FAST).list_backups("stack-1")
-    assert info.value.reset_at is not None and info.value.reset_at > datetime.now(timezone.utc)
+    assert info.value.reset_at is not None and info.value.reset_at > datetime.now(UTC)
     assert len(api_requests(emu)) == 1
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -35,7 +35,7 @@ def test_reference_record_parses_to_typed_fields():
     backup = Backup.from_api(REFERENCE_RECORD)
     assert backup.id == 4
     assert backup.db_type == "mysql"
-    assert backup.backup_date == datetime(2014, 9, 1, 19, 0, 33, tzinfo=timezone.utc)
+    assert backup.backup_date == datetime(2014, 9, 1, 19, 0, 33, tzinfo=UTC)
     assert backup.status is BackupStatus.OK and backup.succeeded and not backup.failed
     assert backup.restore_status is RestoreStatus.NOT_RESTORED
     assert backup.verify_status is VerifyStatus.NOT_VERIFIED
@@ -61,7 +61,7 @@ def test_missing_optional_fields_default():
     backup = Backup.from_api(
         {"id": 9, "db_type": "redis", "backup_date_iso": "2024-01-02T03:04:05+02:00", "backup_status": 1}
     )
-    assert backup.backup_date == datetime(2024, 1, 2, 1, 4, 5, tzinfo=timezone.utc)
+    assert backup.backup_date == datetime(2024, 1, 2, 1, 4, 5, tzinfo=UTC)
     assert backup.failed and backup.result == "" and backup.backup_size == 0 and backup.created_at is None
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -19,7 +19,7 @@ from airflow_provider_c66.testing.pytest_plugin import connection_json
 from airflow_provider_c66.triggers.backups import BackupEvent
 from tests.test_sensor import Failures, record, task_instance, xcom_value
 
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 STACK = "stack-2"
 LIST_PATH = f"/api/3/stacks/{STACK}/backups.json"
 SIGNED_URL = "https://backups.example.com/dumps/app_db.tar?X-Amz-Signature=0123abcd&X-Amz-Expires=300"
@@ -260,6 +260,41 @@ def test_import_never_logs_the_signed_url_query(emu, caplog, capfd):
     logged = caplog.text + out + err
     assert "Importing https://backups.example.com/dumps/app_db.tar" in logged
     assert "0123abcd" not in logged
+
+
+# --- settle_seconds -------------------------------------------------------------------------------
+@pytest.mark.parametrize("deferrable", MODES)
+@pytest.mark.parametrize("operator", ["create", "import"])
+def test_settle_seconds_waits_until_the_new_backup_is_that_old(emu, run_dag, operator, deferrable):
+    old = add_old_backups(emu)
+    settle = 2
+    wait = {"wait_for_completion": True, "poll_interval": 0.2, "timeout": 30, "deferrable": deferrable}
+    if operator == "create":
+        cls, args = Cloud66CreateBackupOperator, {"db_type": "mysql"}
+    else:
+        cls, args = Cloud66ImportBackupOperator, {"group": 5, "db_type": "mysql", "remote_url": SIGNED_URL}
+    dagrun = run_task(
+        run_dag,
+        cls,
+        f"settle_{operator}_{deferrable}",
+        settle_seconds="{{ params.settle }}",
+        params={"settle": settle},
+        **args,
+        **wait,
+    )
+
+    assert dagrun.state == "success"
+    (created,) = new_backups(emu, old)
+    assert xcom_value(dagrun, "backup") == ([created] if operator == "create" else created)
+    # The new record's updated_at (the emulator: its backup date) is when it last changed.
+    changed = datetime.fromisoformat(created["updated_at_iso"].replace("Z", "+00:00")).timestamp()
+    (post,) = posts(emu)
+    polls = [r for r in emu.requests if r.method == "GET" and r.time > post.time]
+    listed = post.time + emu.backup_delay  # the record is listed from here on
+    unsettled = [p for p in polls if listed <= p.time < changed + settle]
+    assert len(unsettled) >= 2, "the wait saw the new backup before it was settled and went on"
+    assert polls[-1].time >= changed + settle, "the wait ended only once the backup was settled"
+    assert all(p.query == polls[0].query for p in polls)
 
 
 # --- input ----------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import hashlib
 import json
 import zlib
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from tests.s3_fixtures import ACCESS_KEY, SECRET_KEY
 from tests.s3_proxy import S3Proxy, s3_proxy, tls_context
 
 MiB = 1 << 20
-DATE = datetime(2026, 3, 4, 5, 6, 7, tzinfo=timezone.utc)
+DATE = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
 UNSIGNED = "UNSIGNED-PAYLOAD"
 
 

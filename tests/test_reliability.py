@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from tests.copy_fixtures import PartWatch
 
 MiB = 1 << 20
 ROOT = Path(__file__).resolve().parent.parent
-DATE = datetime(2026, 3, 4, 5, 6, 7, tzinfo=timezone.utc)
+DATE = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
 FAST = RetryPolicy(max_attempts=3, backoff_base=0.001, backoff_max=0.01, total_timeout=30)
 reliability = pytest.mark.reliability
 
@@ -612,7 +612,7 @@ def test_two_dag_runs_for_the_same_interval_archive_once(
     from tests.test_sensor import xcom_value
 
     emu = cloud66_emulator
-    interval = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - timedelta(hours=2)
+    interval = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=2)
     bid = emu.add_backup("stack-1", size=6 * MiB, backup_date=interval + timedelta(minutes=30))
 
     def dag(dag_id: str) -> Any:

@@ -12,7 +12,7 @@ import logging
 import os
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -201,7 +201,7 @@ def refreshable_credentials(lifetime: timedelta) -> RefreshableCredentials:
         "access_key": "testing",
         "secret_key": "testing",
         "token": "session-token",
-        "expiry_time": (datetime.now(timezone.utc) + lifetime).isoformat(),
+        "expiry_time": (datetime.now(UTC) + lifetime).isoformat(),
     }
     return RefreshableCredentials.create_from_metadata(metadata, lambda: metadata, "test")
 
@@ -343,3 +343,50 @@ def test_aws_endpoint_url_is_regional_virtual_hosted_and_keeps_connection_config
     url = client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "db.tar"})
     assert url.startswith(prefix)
     assert f"%2F{REGION}%2Fs3%2Faws4_request" in url
+
+
+def test_a_session_token_of_unknown_expiry_is_warned_about(
+    cloud66_emulator: Cloud66Emulator,
+    s3_server: str,
+    s3_client: Any,
+    s3_bucket: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """A session token given as is (the connection's ``aws_session_token``) has an expiry nobody
+    told botocore: the URL keeps ``expires_in`` but the log says it may die sooner."""
+    import json
+
+    extra = {"endpoint_url": s3_server, "region_name": "us-east-1", "aws_session_token": "static-session"}
+    connection = {"conn_type": "aws", "login": "testing", "password": "testing", "extra": extra}
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps(connection))
+    caplog.set_level(logging.INFO)
+    for sdk in SDK_LOGGERS:
+        caplog.set_level(logging.INFO, logger=sdk)
+    s3_client.put_object(Bucket=s3_bucket, Key="db.tar", Body=b"z" * 10)
+
+    restore_op(s3_bucket, "db.tar", expires_in=7200).execute({})
+
+    query = parse_qs(urlsplit(posted_url(cloud66_emulator)).query)
+    assert query["X-Amz-Expires"] == ["7200"] and query["X-Amz-Security-Token"] == ["static-session"]
+    out, err = capfd.readouterr()
+    logged = caplog.text + out + err
+    assert "signed with a session token whose expiry these credentials do not say" in logged
+    assert "whatever expires_in (7200 s) says" in logged
+
+
+def test_static_keys_get_no_session_warning(
+    cloud66_emulator: Cloud66Emulator,
+    s3_client: Any,
+    s3_bucket: str,
+    aws_connection: str,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    caplog.set_level(logging.INFO)
+    s3_client.put_object(Bucket=s3_bucket, Key="db.tar", Body=b"z" * 10)
+    restore_op(s3_bucket, "db.tar", expires_in=7200).execute({})
+    assert "X-Amz-Security-Token" not in posted_url(cloud66_emulator)
+    out, err = capfd.readouterr()
+    assert "session token" not in caplog.text + out + err

@@ -8,7 +8,7 @@ InternalError), and the bytes each try sends are counted from the requests the c
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
@@ -21,7 +21,7 @@ from tests.copy_fixtures import Archive
 from tests.test_copy_engine import FAST, KEY, MiB, failing_on_call, read_object
 
 PART = 5 * MiB
-DATE = datetime(2026, 3, 4, 5, 6, 7, tzinfo=timezone.utc)
+DATE = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
 
 
 def sent_parts(client: Any) -> list[int]:

@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from airflow_provider_c66.exceptions import Cloud66InputError
 from airflow_provider_c66.transfers.backup_to_s3 import Cloud66BackupToS3Operator
+from airflow_provider_c66.transfers.copy import CopyError
 from tests.s3_proxy import Answer, ProxiedRequest, S3Proxy, s3_proxy
 from tests.s3_rules import (
+    IamPolicy,
     first_of,
     lock_writes_need_a_checksum,
     policy_for,
@@ -29,7 +31,7 @@ from tests.s3_rules import (
 )
 
 MiB = 1024 * 1024
-DATE = datetime(2026, 3, 4, 5, 6, 7, tzinfo=timezone.utc)
+DATE = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
 WRITES = ("PutObject", "UploadPart")
 
 
@@ -105,7 +107,7 @@ def test_archive_and_rerun_into_a_versioned_bucket_with_the_documented_policy(
     policy does not grant; the copy into a versioned bucket must succeed with that policy alone."""
     target = bucket(s3_client, versioned=True)
     policy = policy_for(target, "archive")
-    proxy.rule, proxy.after = policy, policy.after
+    proxy.enforce(policy)
     connect(monkeypatch, proxy)
     bid = emu.add_backup("stack-1", size=size, backup_date=DATE)
 
@@ -131,14 +133,14 @@ def test_tags_need_put_object_tagging(
     bid = emu.add_backup("stack-1", size=12 * MiB, backup_date=DATE)
 
     without = policy_for(target, "archive")
-    proxy.rule, proxy.after = without, without.after
+    proxy.enforce(without)
     with pytest.raises(Exception, match="AccessDenied"):
         archive(target, bid, tags={"team": "data"})
     assert ("CreateMultipartUpload", "s3:PutObjectTagging") in without.denied
     assert stored(s3_client, target) == {} and open_uploads(s3_client, target) == []
 
     documented = policy_for(target, "archive", "archive-tags")
-    proxy.rule, proxy.after = documented, documented.after
+    proxy.enforce(documented)
     (uri,) = archive(target, bid, tags={"team": "data"})
     assert documented.denied == []
     tags = s3_client.get_object_tagging(Bucket=target, Key=key_of(uri))["TagSet"]
@@ -154,14 +156,14 @@ def test_sse_kms_multipart_needs_the_documented_kms_actions(
     bid = emu.add_backup("stack-1", size=12 * MiB, backup_date=DATE)
 
     without = policy_for(target, "archive")
-    proxy.rule, proxy.after = without, without.after
+    proxy.enforce(without)
     with pytest.raises(Exception, match="AccessDenied"):
         archive(target, bid, server_side_encryption="aws:kms")
     assert ("CreateMultipartUpload", "kms:GenerateDataKey") in without.denied
     assert open_uploads(s3_client, target) == []
 
     documented = policy_for(target, "archive", "archive-kms")
-    proxy.rule, proxy.after = documented, documented.after
+    proxy.enforce(documented)
     (uri,) = archive(target, bid, server_side_encryption="aws:kms")
     assert documented.denied == []
     head = s3_client.head_object(Bucket=target, Key=key_of(uri))
@@ -176,7 +178,7 @@ def test_without_list_bucket_a_missing_key_is_forbidden_and_the_copy_stops_befor
     target = bucket(s3_client)
     policy = policy_for(target, "archive")
     policy.statements = [(actions - {"s3:ListBucket"}, resources) for actions, resources in policy.statements]
-    proxy.rule, proxy.after = policy, policy.after
+    proxy.enforce(policy)
     connect(monkeypatch, proxy)
     bid = emu.add_backup("stack-1", size=2048, backup_date=DATE)
     with pytest.raises(Exception, match=r"403|Forbidden|AccessDenied"):
@@ -198,7 +200,7 @@ def test_restore_with_the_documented_policy_reads_an_sse_kms_archive(
     s3_client.put_object(Bucket=target, Key=key, Body=b"archived bytes", ServerSideEncryption="aws:kms")
     policy = policy_for(target, "restore")
     policy.statements.append(({"kms:Decrypt"}, ["*"]))
-    proxy.rule, proxy.after = policy, policy.after
+    proxy.enforce(policy)
     connect(monkeypatch, proxy)
     S3ToCloud66ImportOperator(
         task_id="restore", s3_bucket=target, s3_key=key, stack_id="stack-1", group=1, db_type="mysql"
@@ -270,13 +272,16 @@ def test_archive_and_manifest_are_written_under_object_lock(
 ) -> None:
     """AWS: writes with Object Lock parameters need Content-MD5 or an x-amz-checksum-* header (in
     every checksum mode); the lock must show on every object (moto drops it from multipart uploads,
-    so the copy reads it back and sets it). A re-run finds the locked archive complete."""
+    so the copy reads it back and sets it, with Content-MD5 for a store that refuses flexible
+    checksums), and shows only to a caller allowed to read it. A re-run finds the archive complete."""
     target = bucket(s3_client, lock=True)
     policy = policy_for(target, "archive", "archive-lock")
-    proxy.rule, proxy.after = first_of(lock_writes_need_a_checksum, policy), policy.after
+    # A client told to send checksums only when required is one for a store that refuses them.
+    strict = [refuse_flexible_checksums] if checksums == "when_required" else []
+    proxy.enforce(policy, *strict, lock_writes_need_a_checksum)
     connect(monkeypatch, proxy, request_checksum_calculation=checksums)
     bid = emu.add_backup("stack-1", size=size, backup_date=DATE)
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
 
     uris = archive(
         target, bid, object_lock_mode="GOVERNANCE", object_lock_retain_days=3, object_lock_legal_hold=True
@@ -328,6 +333,49 @@ def test_a_store_that_ignores_object_lock_leaves_no_unprotected_object(
     connect(monkeypatch, proxy)
     bid = emu.add_backup("stack-1", size=12 * MiB, backup_date=DATE)
     with pytest.raises(Exception, match="does not apply Object Lock"):
+        archive(target, bid, object_lock_mode="GOVERNANCE", object_lock_retain_days=1)
+    assert stored(s3_client, target) == {}
+    assert open_uploads(s3_client, target) == []
+
+
+@pytest.mark.parametrize("size", [2048, 12 * MiB], ids=["single-put", "multipart"])
+def test_a_policy_that_cannot_read_the_lock_fails_naming_the_permission(
+    emu: Any, s3_client: Any, proxy: S3Proxy, monkeypatch: pytest.MonkeyPatch, size: int
+) -> None:
+    """AWS hides an object's retention from HeadObject (and refuses GetObjectRetention) without
+    ``s3:GetObjectRetention``: the copy cannot prove the lock, says which permission is missing, and
+    writes no manifest (a locked version could not be deleted anyway)."""
+    target = bucket(s3_client, lock=True)
+    policy = IamPolicy(
+        [
+            *policy_for(target, "archive").statements,
+            (["s3:GetBucketObjectLockConfiguration"], [f"arn:aws:s3:::{target}"]),
+            (["s3:PutObjectRetention"], [f"arn:aws:s3:::{target}/*"]),  # write the lock, not read it
+        ]
+    )
+    proxy.enforce(policy, lock_writes_need_a_checksum)
+    connect(monkeypatch, proxy)
+    bid = emu.add_backup("stack-1", size=size, backup_date=DATE)
+
+    with pytest.raises(CopyError) as info:
+        archive(target, bid, object_lock_mode="GOVERNANCE", object_lock_retain_days=1)
+    assert "cannot check the Object Lock asked for: S3 shows it only to callers allowed " in str(info.value)
+    assert "s3:GetObjectRetention, which these credentials are not" in str(info.value)
+    assert ("GetObjectRetention", "s3:GetObjectRetention") in policy.denied
+    assert [k for k in stored(s3_client, target) if k.endswith("manifest.json")] == []
+
+
+def test_a_lock_call_the_store_refuses_leaves_no_unprotected_object(
+    emu: Any, s3_client: Any, proxy: S3Proxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lock dropped from the upload, and PutObjectRetention refused (501): the object is deleted."""
+    target = bucket(s3_client, lock=True)
+    proxy.rule = lambda request: (
+        Answer(501, "NotImplemented", "no") if request.operation == "PutObjectRetention" else None
+    )
+    connect(monkeypatch, proxy)
+    bid = emu.add_backup("stack-1", size=12 * MiB, backup_date=DATE)
+    with pytest.raises(CopyError, match="S3 PutObjectRetention failed"):
         archive(target, bid, object_lock_mode="GOVERNANCE", object_lock_retain_days=1)
     assert stored(s3_client, target) == {}
     assert open_uploads(s3_client, target) == []

@@ -10,7 +10,7 @@ import logging
 import os
 import traceback
 from collections.abc import Iterable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
@@ -24,11 +24,11 @@ from airflow_provider_c66.transfers.backup_to_s3 import Cloud66BackupToS3Operato
 from airflow_provider_c66.transfers.s3_to_cloud66 import S3ToCloud66ImportOperator
 from tests.copy_fixtures import PartWatch
 from tests.test_copy_engine import failing_on_call
-from tests.test_sensor import Failures
+from tests.test_sensor import Failures, task_instance
 
 MiB = 1 << 20
 TOKEN = "c66-SECRET-token-8f2b1e9a7c41d3"
-NOW = datetime.now(timezone.utc).replace(microsecond=0)
+NOW = datetime.now(UTC).replace(microsecond=0)
 # The AWS SDK's own DEBUG tracing (request signing, whole request bodies) is not the package's
 # output and is off at Airflow's default INFO; everything else is captured at DEBUG.
 SDK_LOGGERS = ("botocore", "boto3", "s3transfer")
@@ -139,13 +139,14 @@ def test_dag_runs_with_faults_and_retries_leak_no_secret(
         for seconds in (1800, 2400)
     ]
 
-    # Faults. The API: a 503 burst and a reset on reads, a 429, a 500 on a URL fetch, a 500 on the
-    # first POST (not repeated by the hook: the task's retry POSTs again).
+    # Faults. The API: a 503 burst and a reset on reads, a 429, a 500 on a URL fetch, a 500 on an
+    # import's POST (it may have been carried out: never sent again, its task fails without retry).
     emu.fail_next(2, r"/stacks/stack-1/backups\.json$", status=503, method="GET")
     emu.drop_connection_next(1, r"/backups/\d+\.json$", after_bytes=0)
     emu.rate_limit_next(1, r"/files\.json$", retry_after=0)
     emu.fail_next(1, r"/files/[^/]+\.json$", status=500)
-    emu.fail_next(1, r"/backups\.json$", status=500, method="POST")
+    emu.add_stack("stack-2")
+    emu.fail_next(1, r"/stacks/stack-2/backups\.json$", status=500, method="POST")
     # The download: a 429 on a size probe, URLs expiring once parts flow, a connection dropped mid-part;
     # a 404 for the other backup's file (the "broken" task fails for good).
     emu.rate_limit_next(1, r"app_db\.tar", retry_after=0)
@@ -224,13 +225,28 @@ def test_dag_runs_with_faults_and_retries_leak_no_secret(
         )
         mapped = imported_many.expand(remote_url=presigned_many)
         create >> restore >> imported >> mapped
+        lost = record(Cloud66ImportBackupOperator)(
+            task_id="lost_answer",
+            stack_id="stack-2",
+            group=1,
+            db_type="mysql",
+            remote_url="{{ params.remote_url }}",
+            **retry,
+        )
 
     archive_run = run_dag(archive_dag, logical_date=NOW - timedelta(hours=1))
     post_run = run_dag(post_dag, logical_date=NOW - timedelta(hours=1))
 
     # The faults really happened, and the runs ended as they should.
-    assert archive_run.state == "failed" and post_run.state == "success"
-    assert {type(e).__name__ for e in failures.errors} >= {"CopyError", "Cloud66ApiError"}
+    assert archive_run.state == "failed" and post_run.state == "failed"
+    assert {type(e).__name__ for e in failures.errors} >= {"CopyError", "AirflowFailException"}
+    assert task_instance(post_run, lost.task_id).state == "failed"
+    assert any(
+        "It was not sent again" in str(e)
+        for e in failures.errors
+        if type(e).__name__ == "AirflowFailException"
+    )
+    assert all(task_instance(post_run, t).state == "success" for t in ("create", "restore", "import"))
     statuses = [(r.kind, r.status) for r in emu.requests]
     for fault in [("api", 503), ("api", 429), ("api", 500), ("file", 403), ("file", 429), ("file", 404)]:
         assert fault in statuses, fault
@@ -239,7 +255,7 @@ def test_dag_runs_with_faults_and_retries_leak_no_secret(
         emu.iter_archive("stack-1", good)
     )
     posted = [r.json["remote_url"] for r in emu.requests if r.method == "POST" and r.json.get("remote_url")]
-    assert len(posted) == 4
+    assert len(posted) == 5  # restore, import, import_many x2, lost_answer (once: never repeated)
 
     # Everything that came out.
     out, err = capfd.readouterr()

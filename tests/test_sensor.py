@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
@@ -109,7 +109,7 @@ def list_gets(emu: Any, path: str = LIST_PATH) -> list[Any]:
     return [r for r in emu.requests if r.method == "GET" and r.path == path]
 
 
-NOW = datetime.now(timezone.utc).replace(microsecond=0)
+NOW = datetime.now(UTC).replace(microsecond=0)
 RUN = NOW - timedelta(hours=1)  # the logical date (and data interval start) of the test runs
 
 
@@ -326,7 +326,7 @@ def test_templated_newer_than_iso_string(cloud66_emulator, run_dag):
 def test_run_without_logical_date_waits_from_run_after(cloud66_emulator, run_dag):
     emu = cloud66_emulator
     emu.add_backup("stack-1", backup_date=NOW - timedelta(minutes=1))
-    new = emu.add_backup("stack-1", backup_date=datetime.now(timezone.utc) + timedelta(minutes=5))
+    new = emu.add_backup("stack-1", backup_date=datetime.now(UTC) + timedelta(minutes=5))
     dagrun = run_sensor(run_dag, "sensor_no_logical_date", logical_date=None, poke_interval=0.2)
     assert dagrun.state == "success"
     assert xcom_value(dagrun, "wait") == record(emu, new)

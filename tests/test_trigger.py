@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -15,7 +15,7 @@ from airflow_provider_c66.hooks.cloud66 import Cloud66Hook
 from airflow_provider_c66.models import Backup
 from airflow_provider_c66.triggers.backups import BackupEvent, Cloud66BackupTrigger, read_event
 
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 LIST_PATH = "/api/3/stacks/stack-1/backups.json"
 OPEN = {"*": {"newer_than": None, "after_id": None}}
 

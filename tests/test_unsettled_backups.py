@@ -9,7 +9,7 @@ is not what its files hold. Emulator and moto over HTTP, Airflow's ``dag.test()`
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -22,7 +22,7 @@ from tests.test_sensor import LIST_PATH, list_gets, record, run_sensor, xcom_val
 
 MiB = 1 << 20
 SPLIT = 5 * MiB + 123
-DATE = datetime(2026, 3, 4, 5, 6, 7, tzinfo=timezone.utc)
+DATE = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
 reliability = pytest.mark.reliability
 
 
@@ -140,13 +140,13 @@ def test_a_zero_backup_size_is_not_trusted_either_way(
 # --- settle_seconds: waits that ask for a settled backup ------------------------------------------
 def backup(updated: datetime | None, created: datetime | None = None, failed: bool = False) -> Backup:
     status = BackupStatus.FAILED if failed else BackupStatus.OK
-    date = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    date = datetime(2026, 1, 1, tzinfo=UTC)
     return Backup(5, "mysql", "db", date, status, created_at=created, updated_at=updated)
 
 
 def test_settled_reads_updated_at_then_created_at_then_the_date() -> None:
     wait = BackupWait("stack-1", {ANY_TYPE: Watermark()}, settle_seconds=600)
-    t = datetime(2026, 1, 1, 12, tzinfo=timezone.utc)
+    t = datetime(2026, 1, 1, 12, tzinfo=UTC)
     assert wait.settled(backup(updated=t), now=t + timedelta(seconds=600))
     assert not wait.settled(backup(updated=t), now=t + timedelta(seconds=599))
     assert not wait.settled(backup(updated=None, created=t), now=t + timedelta(seconds=599))
@@ -163,7 +163,7 @@ def test_sensor_with_settle_seconds_waits_until_the_record_is_that_old(
     cloud66_emulator: Any, run_dag: Any, mode: str
 ) -> None:
     emu = cloud66_emulator
-    now = datetime.now(timezone.utc).replace(microsecond=0)
+    now = datetime.now(UTC).replace(microsecond=0)
     # Dated half an hour ago (after the run's start), but its record is still changing: it was last
     # written a few seconds from now (longer than dag.test() takes to start).
     touched = now + timedelta(seconds=8)

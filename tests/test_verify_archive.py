@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import zlib
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -20,7 +20,7 @@ from airflow_provider_c66.transfers.verify_archive import Cloud66ArchiveVerifyOp
 from tests.s3_proxy import S3Proxy, s3_proxy
 
 MiB = 1024 * 1024
-DATE = datetime(2026, 3, 4, 5, 6, 7, tzinfo=timezone.utc)
+DATE = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
 
 
 def _moto_before(version: str) -> bool:

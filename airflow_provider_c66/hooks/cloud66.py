@@ -168,7 +168,7 @@ class Cloud66Hook(BaseHook):  # type: ignore[misc]
                     headers = dict(response.headers)
                 outcome = api.interpret(request, response.status, headers, body)
                 self.budget.observe(outcome, headers)
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 connect_failed = isinstance(
                     exc, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
                 )
@@ -367,7 +367,9 @@ class Cloud66Hook(BaseHook):  # type: ignore[misc]
         if isinstance(response, dict) and response.get("ok") is False:
             raise Cloud66ApiError(f"POST {request.path}: Cloud 66 refused: {response.get('message', '')}")
         message = response.get("message") if isinstance(response, dict) else None
-        return str(message or "")
+        # Cloud 66's own words may echo the import's signed remote_url (in any encoding): the message is
+        # logged, kept in the task state store and returned as XCom, so it is redacted here.
+        return api.redact_text(str(message or ""))
 
     def list_backup_files(self, stack_id: str, backup_id: int | str) -> list[BackupFile]:
         """Every file of a backup, in the order their bytes concatenate (``tar-aa`` before ``tar-ab``)."""

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import timedelta
 from functools import cached_property
 from typing import Any
@@ -19,6 +20,7 @@ from airflow.providers.common.compat.sdk import (
 )
 
 from airflow_provider_c66 import api, validation, watermark
+from airflow_provider_c66.exceptions import Cloud66OutcomeUnknownError
 from airflow_provider_c66.hooks.cloud66 import Cloud66Hook, mask_credential
 from airflow_provider_c66.models import Backup
 from airflow_provider_c66.triggers.backups import Cloud66BackupTrigger, read_event
@@ -28,6 +30,18 @@ DEFAULT_TIMEOUT = 24 * 60 * 60.0
 """How long a wait lasts by default: a new task's first scheduled run may be up to its cron period away."""
 
 _NOT_YET: Any = object()
+
+
+@contextmanager
+def post_once() -> Iterator[None]:
+    """A POST whose outcome is unknown ends the task without retries: nothing records that it may have
+    been carried out, so a retry would POST again (a second backup task, a second import)."""
+    try:
+        yield
+    except Cloud66OutcomeUnknownError as exc:
+        raise AirflowFailException(
+            f"{exc}. This task fails without retries, since a retry would POST again."
+        ) from exc
 
 
 class _BackupPostOperator(ResumableJobMixin, BaseOperator):  # type: ignore[misc]
@@ -111,7 +125,8 @@ class _BackupPostOperator(ResumableJobMixin, BaseOperator):  # type: ignore[misc
         wait = self.take_watermark() if self.wait_for_completion else None
         if wait is not None:
             self.log.info("Watermark before the POST: %s", wait.describe())
-        message = self.post()
+        with post_once():
+            message = self.post()
         self.log.info("Cloud 66 answered: %s", message)
         return {"message": message, "wait": wait.to_json() if wait else None}
 
@@ -221,6 +236,9 @@ class Cloud66CreateBackupOperator(_BackupPostOperator):
     already exists (it lists backups, not backup tasks), so the operator cannot check. There, set
     ``retries=0`` on this operator and wait in a downstream :class:`Cloud66BackupSensor` (which may
     retry freely: its default watermark is the start of the run's data interval).
+    On every Airflow version, a POST whose outcome is unknown (answered by a 5xx, by no answer after
+    it was sent, or by a 2xx that is not Cloud 66's JSON) is never sent again: the task fails at once
+    (``AirflowFailException``, no retries) and the message says what to check in Cloud 66.
 
     :param stack_id: the stack UID.
     :param db_type: ``all``, one type, or a list (or comma-separated string) of mysql, postgresql,

@@ -25,7 +25,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from itertools import chain
@@ -215,15 +215,15 @@ class _Reply:
 
 
 def _iso(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _utc_seconds(moment: datetime | None) -> datetime:
     if moment is None:
-        moment = datetime.now(timezone.utc)
+        moment = datetime.now(UTC)
     elif moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc).replace(microsecond=0)
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).replace(microsecond=0)
 
 
 def _json_body(payload: Any) -> bytes:
@@ -782,7 +782,7 @@ class Cloud66Emulator:
         for task in due:
             backups = self._backups[task.stack_uid].values()
             # A real run takes minutes, so its date is always past every earlier backup's second.
-            date = _utc_seconds(datetime.fromtimestamp(task.due, timezone.utc))
+            date = _utc_seconds(datetime.fromtimestamp(task.due, UTC))
             latest = max((b.backup_date for b in backups), default=None)
             if latest is not None and date <= latest:
                 date = latest + timedelta(seconds=1)
@@ -1087,7 +1087,7 @@ class Cloud66Emulator:
             expired = next((error for secret, error in old if signed_with(secret)), expired)
         if expired is not None:
             status, message = _EXPIRY_ERRORS[expired]
-            stamp = _iso(datetime.fromtimestamp(expires, timezone.utc))
+            stamp = _iso(datetime.fromtimestamp(expires, UTC))
             body = _s3_error(expired, message, Expires=stamp, ServerTime=_iso(_utc_seconds(None)))
             return _Reply.of(status, body, xml)
         # The method is part of the string to sign: a GET-signed URL never matches HEAD, PUT, ...

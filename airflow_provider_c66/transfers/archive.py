@@ -10,7 +10,7 @@ import re
 import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from airflow_provider_c66 import __version__
@@ -65,7 +65,7 @@ def key_prefix(template: object, backup: Backup, stack_id: str, field: str = "s3
     if not isinstance(template, str) or not template.strip():
         raise Cloud66InputError(field, f"must be a non-empty key prefix, got {template!r:.80}")
     check_prefix_template(template, field)
-    date = backup.backup_date.astimezone(timezone.utc)
+    date = backup.backup_date.astimezone(UTC)
     values = {
         "stack_id": safe_segment(stack_id),
         "db_type": safe_segment(backup.db_type),
@@ -145,7 +145,7 @@ def build_manifest(
         "format": MANIFEST_FORMAT,
         "package": "airflow-provider-c66",
         "package_version": __version__,
-        "created_at": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
+        "created_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
         "stack_id": stack_id,
         "backup": backup.to_dict(),
         "join_parts": joined,

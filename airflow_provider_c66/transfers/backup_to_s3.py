@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
@@ -158,7 +158,7 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
         self.object_lock_retain_until = object_lock_retain_until
         self.object_lock_legal_hold = object_lock_legal_hold
         self.asset_alias = asset_alias
-        # Made in execute(): an Event cannot be deep-copied, and Airflow deep-copies operators.
+        # Made in execute() (a _StopSignal, which Airflow's deep copy of the operator can copy).
         self._cancel: threading.Event | None = None
 
     # --- input ----------------------------------------------------------------------------------
@@ -228,7 +228,7 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
                 "object_lock_retain_days",
                 "give exactly one of object_lock_retain_days and object_lock_retain_until",
             )
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         if days is not None:
             retain_until = now + timedelta(
                 days=validation.positive_int(days, "object_lock_retain_days", maximum=MAX_RETAIN_DAYS)
@@ -249,7 +249,7 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
     def execute(self, context: Any) -> list[str]:
         stack, ident, bucket, settings, extra = self._validated()
         verify_size = validation.flag(self.verify_backup_size, "verify_backup_size")
-        self._cancel = cancel = threading.Event()
+        self._cancel = cancel = _StopSignal()
         hook = Cloud66Hook(self.cloud66_conn_id, cancel=cancel)
         backup = hook.get_backup(stack, ident)
         if not backup.succeeded:
@@ -593,6 +593,21 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
         return uris
 
 
+class _StopSignal(threading.Event):
+    """The running try's stop signal (``on_kill``).
+
+    Airflow deep-copies operators (partial subsets, mapped tasks), also while one executes; a plain
+    ``Event`` holds a lock and cannot be copied. A copy of the operator is not the running try: it
+    gets its own unset signal, so stopping one never stops, or half-wakes, the other.
+    """
+
+    def __copy__(self) -> _StopSignal:
+        return _StopSignal()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _StopSignal:
+        return _StopSignal()
+
+
 def _tries_left(context: Any) -> bool:
     """Whether Airflow will run this task again if this try fails (then an open upload is its head start)."""
     ti = context.get("ti") if isinstance(context, Mapping) else None
@@ -668,7 +683,7 @@ def _aware_datetime(value: object, field: str) -> datetime:
             raise Cloud66InputError(field, f"must be an ISO 8601 date-time, got {value!r:.40}") from None
     if not isinstance(value, datetime) or value.tzinfo is None:
         raise Cloud66InputError(field, f"must be a timezone-aware datetime, got {value!r:.40}")
-    return value.astimezone(timezone.utc)
+    return value.astimezone(UTC)
 
 
 _MISSING = ("404", "NoSuchKey", "NotFound")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlsplit
 
@@ -110,9 +110,12 @@ class S3ToCloud66ImportOperator(BaseOperator):  # type: ignore[misc]
         for name, value in parse_qsl(query):
             if name in _SECRET_PARAMS:
                 mask_credential(value)
-        message = Cloud66Hook(self.cloud66_conn_id).import_backup(
-            stack, group=group, db_type=db_type, remote_url=url
-        )
+        from airflow_provider_c66.operators.backups import post_once
+
+        with post_once():
+            message = Cloud66Hook(self.cloud66_conn_id).import_backup(
+                stack, group=group, db_type=db_type, remote_url=url
+            )
         self.log.info(
             "Cloud 66 accepted the import of s3://%s/%s into stack %r: %s", bucket, key, stack, message
         )
@@ -178,8 +181,15 @@ class S3ToCloud66ImportOperator(BaseOperator):  # type: ignore[misc]
         """``expires`` or less: a URL signed with a session token stops working when the token expires."""
         expiry = credential_expiry(client)
         if expiry is None:
+            if session_token(client):
+                self.log.warning(
+                    "The presigned URL is signed with a session token whose expiry these credentials do not "
+                    "say (a token given as is, e.g. aws_session_token): the URL stops working when the token "
+                    "does, whatever expires_in (%d s) says. Cloud 66 must have read it by then.",
+                    expires,
+                )
             return expires
-        remaining = int((expiry - datetime.now(timezone.utc)).total_seconds())
+        remaining = int((expiry - datetime.now(UTC)).total_seconds())
         if remaining >= expires:
             return expires
         if remaining < MIN_EXPIRY:
@@ -235,6 +245,12 @@ def credential_expiry(client: Any) -> datetime | None:
     credentials.get_frozen_credentials()  # refreshes temporary credentials that are due
     expiry = getattr(credentials, "_expiry_time", None)
     return expiry if isinstance(expiry, datetime) else None
+
+
+def session_token(client: Any) -> bool:
+    """Whether the client signs with temporary credentials (a session token)."""
+    credentials = getattr(getattr(client, "_request_signer", None), "_credentials", None)
+    return bool(credentials is not None and credentials.get_frozen_credentials().token)
 
 
 def _error_code(exc: Any) -> str | None:

@@ -82,6 +82,16 @@ def abort_open_uploads(
     return aborted
 
 
+def _content_md5_instead(request: Any, **_: Any) -> None:
+    """botocore handler (before-sign): replace the flexible checksum headers of a body S3 requires a
+    checksum on by Content-MD5, for stores that refuse ``x-amz-checksum-*``."""
+    for name in list(request.headers.keys()):
+        if name.lower().startswith("x-amz-checksum-") or name.lower() == "x-amz-sdk-checksum-algorithm":
+            del request.headers[name]
+    body = request.body if isinstance(request.body, (bytes, bytearray)) else b""
+    request.headers["Content-MD5"] = _md5_b64(body)
+
+
 def flexible_checksums(client: Any) -> bool:
     """Whether the client sends ``x-amz-checksum-*`` headers: botocore's default, unless the user set
     ``request_checksum_calculation="when_required"`` (client Config, the Amazon connection's
@@ -198,8 +208,15 @@ class _Key:
                 f"expected {size}; the object was deleted"
             )
         if not self._locked_as_asked(head):
-            self._apply_lock(version)
-            if not self._locked_as_asked(self._head(version)):
+            head = {**head, **self._read_lock(version)}
+        if not self._locked_as_asked(head):
+            try:
+                self._apply_lock(version)
+                applied = self._locked_as_asked({**self._head(version), **self._read_lock(version)})
+            except CopyError:
+                self.discard(version)
+                raise
+            if not applied:
                 self.discard(version)
                 raise CopyError(
                     f"{self.target}: the store does not apply Object Lock (HeadObject shows no such retention or "
@@ -207,6 +224,54 @@ class _Key:
                     "as it would not be protected"
                 )
         return head
+
+    def _read_lock(self, version: str | None) -> dict[str, Any]:
+        """The lock asked for, read with GetObjectRetention/GetObjectLegalHold where HeadObject shows
+        none: AWS shows it in HeadObject only to callers allowed to read it, and so do these calls.
+
+        :raises CopyError: the caller may not read it (the object is left as written: AWS applied the
+            lock given with the write, and a locked version could not be deleted anyway).
+        """
+        which: dict[str, Any] = {"VersionId": version} if version and version != "null" else {}
+        asked = [
+            (
+                "GetObjectRetention",
+                self.client.get_object_retention,
+                "ObjectLockMode",
+                "s3:GetObjectRetention",
+            ),
+            (
+                "GetObjectLegalHold",
+                self.client.get_object_legal_hold,
+                "ObjectLockLegalHoldStatus",
+                "s3:GetObjectLegalHold",
+            ),
+        ]
+        found: dict[str, Any] = {}
+        for operation, call, field, permission in asked:
+            if not self.extra.get(field):
+                continue
+            try:  # botocore's retries only: a store that fails these (moto answers 500) falls back to HEAD
+                answer = cast("dict[str, Any]", call(Bucket=self.bucket, Key=self.key, **which))
+            except Exception as exc:
+                code = s3_error_code(exc) or type(exc).__name__
+                if code == "AccessDenied":
+                    raise CopyError(
+                        f"{self.target}: cannot check the Object Lock asked for: S3 shows it only to callers "
+                        f"allowed {permission}, which these credentials are not (see the README's archive-lock "
+                        "policy); the object was written with the lock and is left as it is"
+                    ) from exc
+                self.log.info(
+                    "%s: %s answered %s; judging the lock by HeadObject", self.target, operation, code
+                )
+                continue
+            if operation == "GetObjectRetention":
+                retention = answer.get("Retention") or {}
+                found["ObjectLockMode"] = retention.get("Mode")
+                found["ObjectLockRetainUntilDate"] = retention.get("RetainUntilDate")
+            else:
+                found["ObjectLockLegalHoldStatus"] = (answer.get("LegalHold") or {}).get("Status")
+        return {k: v for k, v in found.items() if v is not None}
 
     def _head(self, version: str | None) -> dict[str, Any]:
         mode: dict[str, Any] = {"ChecksumMode": "ENABLED"} if self.flexible else {}
@@ -230,8 +295,17 @@ class _Key:
         return not hold or head.get("ObjectLockLegalHoldStatus") == hold
 
     def _apply_lock(self, version: str | None) -> None:
-        """Some stores (and moto) drop lock parameters given to CreateMultipartUpload: set them afterwards."""
+        """Some stores (and moto) drop lock parameters given to CreateMultipartUpload: set them afterwards.
+
+        botocore adds ``x-amz-checksum-crc32`` to these calls in every checksum mode (S3 requires a
+        checksum on them); a client told to send checksums only when required gets Content-MD5 instead.
+        """
         which: dict[str, Any] = {"VersionId": version} if version and version != "null" else {}
+        if not self.flexible:
+            for operation in ("PutObjectRetention", "PutObjectLegalHold"):
+                self.client.meta.events.register(
+                    f"before-sign.s3.{operation}", _content_md5_instead, unique_id=f"c66-md5-{operation}"
+                )
         if self.extra.get("ObjectLockMode"):
             retention = {
                 "Mode": self.extra["ObjectLockMode"],
