@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 from airflow_provider_c66.exceptions import Cloud66InputError
 from airflow_provider_c66.models import DB_TYPES
+from airflow_provider_c66.redaction import redact_invalid_url
 
 _STACK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
 _FILE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
@@ -167,7 +168,7 @@ def url(value: object, field: str, *, what: str = "URL") -> str:
     parts = urlsplit(value.strip())
     host = parts.hostname
     if not host or parts.scheme not in ("https", "http") or any(c.isspace() for c in value.strip()):
-        raise Cloud66InputError(field, f"must be an https {what}, got {_redacted(value)}")
+        raise Cloud66InputError(field, f"must be an https {what}, got {redact_invalid_url(value)}")
     if parts.scheme == "http" and not is_loopback_host(host):
         raise Cloud66InputError(
             field, f"must use https (plain http only to 127.0.0.1 or localhost), got {host}"
@@ -183,10 +184,6 @@ def _is_private_host(host: str) -> bool:
     except ValueError:
         return False
     return not address.is_global and not address.is_loopback
-
-
-def _redacted(value: str) -> str:
-    return value.split("?", 1)[0][:120] + ("?[redacted]" if "?" in value else "")
 
 
 def non_empty_str(value: object, field: str) -> str:

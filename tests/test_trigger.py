@@ -386,3 +386,20 @@ def test_a_failed_backup_on_page_2_fails_the_wait(cloud66_emulator):
     (event,) = events(make_trigger(marks=marks, database_name="ledger"))
     assert event["status"] == "failed" and event["backup"] == record(emu, failed)
     assert "disk full" in event["message"] and pages(emu) == [1, 2]
+
+
+def test_an_unexpected_error_quoting_a_signed_url_ends_with_a_redacted_error(
+    cloud66_emulator: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever a library raises may quote a URL it was given; the error event is stored and logged."""
+    signed = "https://files.example/b.tar?X-Amz-Credential=AKIDEXAMPLE&X-Amz-Signature=f00dfeed"
+
+    async def broken(self: Any, hook: Any, session: Any) -> None:
+        raise ValueError(f"cannot read {signed}")
+
+    monkeypatch.setattr(Cloud66BackupTrigger, "_poll", broken)
+    (event,) = events(make_trigger())
+    assert event["status"] == "error"
+    assert event["message"].startswith("Stopped waiting for a Cloud 66 backup of ")
+    assert "ValueError: cannot read https://files.example/b.tar?" in event["message"]
+    assert "f00dfeed" not in event["message"] and "AKIDEXAMPLE" not in event["message"]

@@ -28,6 +28,7 @@ from airflow_provider_c66.exceptions import (
     Cloud66InputError,
 )
 from airflow_provider_c66.models import Backup, BackupFile, parse_records
+from airflow_provider_c66.redaction import mask_credential, redact_text, redact_url
 
 try:
     from airflow.providers.common.compat.sdk import BaseHook
@@ -369,7 +370,7 @@ class Cloud66Hook(BaseHook):  # type: ignore[misc]
         message = response.get("message") if isinstance(response, dict) else None
         # Cloud 66's own words may echo the import's signed remote_url (in any encoding): the message is
         # logged, kept in the task state store and returned as XCom, so it is redacted here.
-        return api.redact_text(str(message or ""))
+        return redact_text(str(message or ""))
 
     def list_backup_files(self, stack_id: str, backup_id: int | str) -> list[BackupFile]:
         """Every file of a backup, in the order their bytes concatenate (``tar-aa`` before ``tar-ab``)."""
@@ -386,7 +387,7 @@ class Cloud66Hook(BaseHook):  # type: ignore[misc]
         """A short-lived signed GET URL for one backup file, with Cloud 66's ``%25`` quirk undone.
 
         The URL's query string is a credential: it is registered with Airflow's secrets masker, and
-        this package logs such URLs only through :func:`~airflow_provider_c66.api.redact_url`.
+        this package logs such URLs only through :func:`~airflow_provider_c66.redaction.redact_url`.
         """
         stack, ident, fid = (
             validation.stack_id(stack_id),
@@ -404,7 +405,7 @@ class Cloud66Hook(BaseHook):  # type: ignore[misc]
             raise Cloud66ApiError(f"GET {request.path}: the answer has no usable 'public_url'")
         url = api.undo_percent_quirk(url)
         mask_credential(urlsplit(url).query)
-        self.log.debug("Signed URL for file %s of backup %s: %s", fid, ident, api.redact_url(url))
+        self.log.debug("Signed URL for file %s of backup %s: %s", fid, ident, redact_url(url))
         return url
 
     def get_stack(self, stack_id: str) -> dict[str, Any]:
@@ -444,7 +445,7 @@ class Cloud66Hook(BaseHook):  # type: ignore[misc]
                 return False, f"Could not reach {base_url}: {exc}"
             return False, f"Cloud 66 answered an error: {exc}"
         except Exception as exc:
-            return False, f"Connection test failed: {type(exc).__name__}: {api.redact_text(str(exc))}"
+            return False, f"Connection test failed: {type(exc).__name__}: {redact_text(str(exc))}"
         count = len(page.response) if isinstance(page.response, list) else 0
         return (
             True,
@@ -539,14 +540,3 @@ def _tables(value: str | Sequence[str]) -> str:
             "excluded_tables", f"must be table names (a list or comma-separated), got {value!r:.80}"
         )
     return ",".join(names)
-
-
-def mask_credential(secret: str) -> None:
-    """Register a credential with Airflow's secrets masker so no task log line can show it."""
-    if not secret:
-        return
-    try:
-        from airflow.providers.common.compat.sdk import mask_secret
-    except ImportError:  # pragma: no cover
-        return
-    mask_secret(secret)

@@ -19,10 +19,11 @@ from airflow.providers.common.compat.sdk import (
     conf,
 )
 
-from airflow_provider_c66 import api, validation, watermark
+from airflow_provider_c66 import validation, watermark
 from airflow_provider_c66.exceptions import Cloud66OutcomeUnknownError
-from airflow_provider_c66.hooks.cloud66 import Cloud66Hook, mask_credential
+from airflow_provider_c66.hooks.cloud66 import Cloud66Hook
 from airflow_provider_c66.models import Backup
+from airflow_provider_c66.redaction import mask_credential, mask_for_rendered_fields, redact_url
 from airflow_provider_c66.triggers.backups import Cloud66BackupTrigger, read_event
 from airflow_provider_c66.watermark import BackupWait, Verdict
 
@@ -188,18 +189,6 @@ class _BackupPostOperator(ResumableJobMixin, BaseOperator):  # type: ignore[misc
             raise AirflowFailException(message)
         self.log.info("%s", message)
         return self.result_of(verdict.backups)
-
-
-def _mask_for_rendered_fields(secret: str) -> None:
-    """Airflow 3.1 redacts the rendered fields it stores with airflow-core's secrets masker, which
-    ``mask_secret`` (the Task SDK's) does not reach; newer releases (3.3) use the SDK's masker."""
-    if not secret:
-        return
-    try:
-        from airflow._shared.secrets_masker import mask_secret as core_mask_secret
-    except ImportError:  # a worker without airflow-core
-        return
-    core_mask_secret(secret)
 
 
 def _wait_of(external_id: Any) -> BackupWait | None:
@@ -379,9 +368,7 @@ class Cloud66ImportBackupOperator(_BackupPostOperator):
         """
         super()._do_render_template_fields(parent, template_fields, context, jinja_env, seen_oids)
         if parent is self and isinstance(self.remote_url, str):
-            query = urlsplit(self.remote_url.strip()).query
-            mask_credential(query)
-            _mask_for_rendered_fields(query)
+            mask_for_rendered_fields(urlsplit(self.remote_url.strip()).query)
 
     def validate(self) -> None:
         super().validate()
@@ -401,9 +388,7 @@ class Cloud66ImportBackupOperator(_BackupPostOperator):
         )
 
     def post(self) -> str:
-        self.log.info(
-            "Importing %s into group %s", api.redact_url(self._body["remote_url"]), self._body["group"]
-        )
+        self.log.info("Importing %s into group %s", redact_url(self._body["remote_url"]), self._body["group"])
         return self.hook.import_backup(self.stack_id, **self._body)
 
     def result_of(self, backups: Sequence[Backup]) -> dict[str, Any]:

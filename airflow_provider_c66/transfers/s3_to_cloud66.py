@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
-from urllib.parse import parse_qsl, urlsplit
 
 from airflow_provider_c66 import validation
 from airflow_provider_c66.exceptions import Cloud66InputError
-from airflow_provider_c66.hooks.cloud66 import Cloud66Hook, mask_credential
+from airflow_provider_c66.hooks.cloud66 import Cloud66Hook
+from airflow_provider_c66.redaction import mask_presigned_url
 from airflow_provider_c66.transfers import archive
 
 try:
@@ -23,8 +23,6 @@ MAX_EXPIRY = 7 * 24 * 3600  # S3's limit for a presigned URL
 # Objects in these classes cannot be read until restored (GLACIER_IR can: it is instant retrieval).
 ARCHIVED_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
 _MISSING = frozenset({"404", "NoSuchKey", "NotFound", "NoSuchBucket"})
-# Query parameters of a presigned URL that grant access: masked in every log line.
-_SECRET_PARAMS = frozenset({"Signature", "X-Amz-Signature", "X-Amz-Security-Token", "x-amz-security-token"})
 
 
 class S3ToCloud66ImportOperator(BaseOperator):  # type: ignore[misc]
@@ -105,11 +103,7 @@ class S3ToCloud66ImportOperator(BaseOperator):  # type: ignore[misc]
         )
         if not url:
             raise AirflowException(f"Could not presign s3://{bucket}/{key}")
-        query = urlsplit(url).query
-        mask_credential(query)
-        for name, value in parse_qsl(query):
-            if name in _SECRET_PARAMS:
-                mask_credential(value)
+        mask_presigned_url(url)
         from airflow_provider_c66.operators.backups import post_once
 
         with post_once():

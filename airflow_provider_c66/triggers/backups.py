@@ -15,6 +15,7 @@ from airflow_provider_c66 import watermark
 from airflow_provider_c66.exceptions import Cloud66ApiError, Cloud66ResponseError
 from airflow_provider_c66.hooks.cloud66 import Cloud66Hook
 from airflow_provider_c66.models import Backup
+from airflow_provider_c66.redaction import redact_text
 from airflow_provider_c66.watermark import BackupWait, Verdict
 
 EventStatus = Literal["success", "failed", "timeout", "error"]
@@ -143,8 +144,10 @@ class Cloud66BackupTrigger(BaseTrigger):  # type: ignore[misc]
                         return
                     await asyncio.sleep(min(self.poll_interval, remaining))
         except Exception as exc:  # any other failure ends the wait with a clear event
+            # Any library's text may quote a URL it was given: the event is stored and logged.
             message = (
-                f"Stopped waiting for a Cloud 66 backup of {wait.describe()}: {type(exc).__name__}: {exc}"
+                f"Stopped waiting for a Cloud 66 backup of {wait.describe()}: {type(exc).__name__}: "
+                f"{redact_text(str(exc))}"
             )
             yield TriggerEvent(BackupEvent("error", message).payload())
 

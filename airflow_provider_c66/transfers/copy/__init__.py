@@ -13,7 +13,8 @@ No Airflow here (the operator wraps this module); boto3 is used only through the
 
 One module per role: ``model`` (sources, settings, result, errors), ``planning`` (parts),
 ``download`` (signed-URL ranges), ``upload`` (one S3 key), ``checksums``, ``pipeline`` (the copy and
-its cancellation), ``observers`` (progress), ``redaction`` (signed URLs out of messages and logs).
+its cancellation), ``observers`` (progress). Signed URLs are kept out of its messages and logs by
+:mod:`airflow_provider_c66.redaction`, which imports Airflow only inside its masking functions.
 """
 
 from __future__ import annotations

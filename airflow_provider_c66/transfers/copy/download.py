@@ -17,6 +17,7 @@ import requests.adapters
 import urllib3.exceptions
 
 from airflow_provider_c66.api import RetryPolicy, parse_retry_after
+from airflow_provider_c66.redaction import describe_error, redact_message, redact_urllib3_logs
 from airflow_provider_c66.transfers.copy.coordination import _Coordinator
 from airflow_provider_c66.transfers.copy.model import (
     _POLL,
@@ -27,7 +28,6 @@ from airflow_provider_c66.transfers.copy.model import (
     Source,
     SourceChanged,
 )
-from airflow_provider_c66.transfers.copy.redaction import _describe, _redact_urllib3_logs, _scrub
 
 READ_BLOCK = MiB  # one socket read; urllib3 copies each block once into the part buffer
 
@@ -83,7 +83,7 @@ class _SignedUrl:
             url = self.source.url_provider()
         except Exception as exc:
             self.coordinator.check()  # a provider interrupted by the cancel: report the cancel
-            message = f"{self.source.label}: could not get a signed URL: {_scrub(str(exc))}"
+            message = f"{self.source.label}: could not get a signed URL: {redact_message(str(exc))}"
             raise CopyError(message) from exc
         if not isinstance(url, str) or not url.startswith(("https://", "http://")):
             raise CopyError(f"{self.source.label}: the URL provider returned no http(s) URL")
@@ -144,7 +144,7 @@ class _Downloader:
         self.log = log
         self.policy = RetryPolicy(backoff_base=settings.backoff_base, backoff_max=settings.backoff_max)
         self.session = _plain_session(settings.max_concurrency)
-        _redact_urllib3_logs()
+        redact_urllib3_logs()
 
     def close(self) -> None:
         self.session.close()
@@ -215,7 +215,7 @@ class _Downloader:
                 url, headers={"Range": f"bytes={first}-{last}"}, stream=True, timeout=timeout
             )
         except _TRANSPORT_ERRORS as exc:
-            raise _Retry(_describe(exc)) from None
+            raise _Retry(describe_error(exc)) from None
 
     def _probe(self, url: str) -> int:
         with self._get(url, 0, 0) as resp:  # closed unread: a 200 here would be the whole file
@@ -276,7 +276,7 @@ class _Downloader:
                 if resp.status_code == 206 and resp.raw.read(1):
                     raise _Retry("the body is longer than the range asked for")
             except _TRANSPORT_ERRORS as exc:
-                raise _Retry(_describe(exc)) from None
+                raise _Retry(describe_error(exc)) from None
 
 
 def _check_status(resp: requests.Response) -> None:
