@@ -73,7 +73,7 @@ test-deployment: $(VENV)/.installed-$(AIRFLOW_VERSION)
 # (SERVER_LIMITS in tests/s3_fixtures.py). Both servers run even when the first fails.
 S3_COMPAT_SERVERS ?= nanio radosgw
 S3_COMPAT_TESTS ?= tests/test_copy_engine.py tests/test_backup_to_s3.py tests/test_unsettled_backups.py tests/test_s3_strict.py \
-	tests/test_verify_archive.py tests/test_resume.py
+	tests/test_verify_archive.py tests/test_resume.py tests/test_catalog.py
 RADOSGW_PACKAGES = ceph-mon ceph-osd radosgw ceph-common
 
 test-s3-compat: $(VENV)/.installed-$(AIRFLOW_VERSION)

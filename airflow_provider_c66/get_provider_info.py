@@ -40,6 +40,7 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": [
                     "airflow_provider_c66.operators.backups",
                     "airflow_provider_c66.transfers.verify_archive",
+                    "airflow_provider_c66.transfers.prune_archives",
                 ],
             },
         ],

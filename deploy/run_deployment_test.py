@@ -532,7 +532,8 @@ def scheduler_saw_deferred(log: Path, run_id: str) -> set[int]:
 
 
 def check_archives(s3: Any, released: list[dict[str, Any]]) -> list[str]:
-    """Every fresh backup archived once, byte-exact against the emulator's source, with its manifest."""
+    """Every fresh backup archived once, byte-exact against the emulator's source, with its manifest
+    and its catalogue record."""
     problems: list[str] = []
     keys = [
         o["Key"]
@@ -567,7 +568,23 @@ def check_archives(s3: Any, released: list[dict[str, Any]]) -> list[str]:
                 )
             if (entry["size"], entry["sha256"]) != (len(body), digest):
                 problems.append(f"{entry['key']}: differs from its manifest entry")
-    stray = set(keys) - archived - {key for key, _ in manifests.values()}
+    # Each archive's one catalogue record, agreeing with its manifest.
+    from airflow_provider_c66.models import Backup
+    from airflow_provider_c66.transfers import archive
+
+    catalogued = set()
+    for key, doc in manifests.values():
+        record_key = archive.catalog_key(
+            archive.DEFAULT_CATALOG_PREFIX, doc["stack_id"], Backup.from_dict(doc["backup"])
+        )
+        catalogued.add(record_key)
+        if record_key not in keys:
+            problems.append(f"{key}: no catalogue record {record_key}")
+            continue
+        record = json.loads(s3.get_object(Bucket=BUCKET, Key=record_key)["Body"].read())
+        if (record["manifest_key"], record["total_size"]) != (key, doc["total_size"]):
+            problems.append(f"{record_key}: disagrees with {key}")
+    stray = set(keys) - archived - {key for key, _ in manifests.values()} - catalogued
     if stray:
         problems.append(f"unexpected objects in the bucket: {sorted(stray)}")
     uploads = s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", [])

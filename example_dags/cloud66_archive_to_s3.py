@@ -9,10 +9,18 @@ interval itself; for a manual run, the day before it was triggered), the copy st
 the summary then fails the run after reporting, so the failure is visible. A second run for the same
 interval finds the complete archives and copies nothing.
 
+Retention, off by default: set the ``retention`` param to keep_* counts (for example
+``{"keep_daily": 7, "keep_weekly": 4, "keep_monthly": 12, "keep_yearly": 5}``) and, once a week (on
+``prune_weekday``, by the run's data interval end in UTC) after every pair was archived, a prune
+deletes the archives under the key prefix's fixed part that no rule keeps (restic's ``forget
+--keep-*`` rules; archives under Object Lock and objects this package did not write are left alone).
+With ``retention`` null (the default) nothing is ever deleted.
+
 Connections: ``cloud66_default`` (Cloud 66 access token, ``public`` scope) and ``aws_default``
-(write access to the bucket). Configuration, read when the run starts (never at parse time):
-the Airflow Variable ``cloud66_archive_targets`` (JSON list of ``{"stack_id": ..., "db_type": ...}``)
-or the ``targets`` param, and the ``s3_bucket`` param.
+(write access to the bucket; with retention, also the README's prune policy). Configuration, read
+when the run starts (never at parse time): the Airflow Variable ``cloud66_archive_targets`` (JSON
+list of ``{"stack_id": ..., "db_type": ...}``) or the ``targets`` param, the ``s3_bucket`` param,
+and ``retention`` and ``prune_weekday``.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from airflow.sdk import DAG, Param, task, task_group
 
 from airflow_provider_c66.sensors.backups import Cloud66BackupSensor
 from airflow_provider_c66.transfers.backup_to_s3 import Cloud66BackupToS3Operator
+from airflow_provider_c66.transfers.prune_archives import Cloud66ArchivePruneOperator
 
 # 300 s keeps 100 concurrent waits at 1,200 requests an hour, well inside Cloud 66's 3,000.
 POKE_INTERVAL = float(os.environ.get("CLOUD66_ARCHIVE_POKE_INTERVAL", "300"))
@@ -33,6 +42,15 @@ WAIT_TIMEOUT = float(os.environ.get("CLOUD66_ARCHIVE_WAIT_TIMEOUT", str(6 * 3600
 # The newest backup made in the lookback window before the interval's end (a manual run: before it
 # was triggered), so a daily run archives that day's backup and a manual run the latest one.
 NEWER_THAN = "{{ ((data_interval_end or dag_run.run_after) - macros.timedelta(hours=params.lookback_hours)).isoformat() }}"
+WEEKDAYS = ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
+# The prune looks under the fixed part of the key prefix (up to its last "/" before a placeholder).
+PRUNE_PREFIX = "{{ params.s3_key_prefix.split('{')[0].rpartition('/')[0] ~ '/' }}"
+
+
+def keep(rule: str) -> str:
+    """One keep_* count of the retention param, rendered when the prune runs (0 when not given)."""
+    return f"{{{{ (params.retention or {{}}).get('{rule}', 0) }}}}"
+
 
 with DAG(
     dag_id="cloud66_archive_to_s3",
@@ -52,6 +70,15 @@ with DAG(
         "lookback_hours": Param(24, type="integer", minimum=1, description="how far back a backup counts"),
         "s3_key_prefix": Param(
             "cloud66/{stack_id}/{db_type}/{database_name}/{YYYY}/{MM}/{DD}/{backup_id}/", type="string"
+        ),
+        "retention": Param(
+            None,
+            type=["null", "object"],
+            description='keep_* counts for a weekly prune, e.g. {"keep_daily": 7, "keep_weekly": 4, '
+            '"keep_monthly": 12, "keep_yearly": 5}; null: archives are never deleted',
+        ),
+        "prune_weekday": Param(
+            "sunday", type="string", enum=WEEKDAYS, description="the day of the week the prune runs (UTC)"
         ),
     },
     tags=["cloud66", "backups", "s3"],
@@ -108,5 +135,39 @@ with DAG(
             )
         return {"archived": done, "uris": uris}
 
+    @task.short_circuit(retries=0)  # a bad retention param does not heal by waiting
+    def prune_today(params: dict[str, Any], dag_run: Any = None, data_interval_end: Any = None) -> bool:
+        """Let the prune run only when retention is set and this run falls on the chosen weekday."""
+        from datetime import UTC
+
+        from airflow_provider_c66.transfers.retention import RetentionPolicy
+
+        retention = params.get("retention")
+        if not retention:
+            print("retention is not set: nothing is pruned")
+            return False
+        policy = RetentionPolicy.of(**retention)  # a bad rule fails here, before any request
+        day = WEEKDAYS[(data_interval_end or dag_run.run_after).astimezone(UTC).weekday()]
+        if day != params["prune_weekday"]:
+            print(f"today is {day}; the prune runs on {params['prune_weekday']}s")
+            return False
+        print(f"pruning with {policy.describe()}")
+        return True
+
     wanted = targets()
-    summary(archive.expand_kwargs(wanted), wanted)
+    done = summary(archive.expand_kwargs(wanted), wanted)
+    # Only after every pair was archived (the summary succeeded): never prune on a failed day.
+    (
+        done
+        >> prune_today()
+        >> Cloud66ArchivePruneOperator(
+            task_id="prune",
+            s3_bucket="{{ params.s3_bucket }}",
+            s3_prefix=PRUNE_PREFIX,
+            keep_last=keep("keep_last"),
+            keep_daily=keep("keep_daily"),
+            keep_weekly=keep("keep_weekly"),
+            keep_monthly=keep("keep_monthly"),
+            keep_yearly=keep("keep_yearly"),
+        )
+    )

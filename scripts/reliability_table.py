@@ -39,6 +39,7 @@ AREAS = {
     "bad input": "Hostile and bad input",
     "secrets": "Secrets",
     "source": "The backup itself (still being written, or not what its record says)",
+    "prune": "Pruning archives (retention)",
 }
 OUTCOMES = (
     "retried and succeeded",
@@ -54,6 +55,7 @@ OUTCOMES = (
     "not repeated; clear error",
     "accepted after checking the object",
     "retryable error, nothing completed",
+    "left in place and reported",
 )
 
 
@@ -171,6 +173,8 @@ def render(entries: Iterable[Entry]) -> str:
         "- **kept under the prefix**: names from the API cannot make a key escape the configured prefix.",
         "- **no secret in any output**: the API token and every URL signature are absent from every log",
         "  line, exception text, XCom value and rendered template field.",
+        "- **left in place and reported**: the prune deletes nothing of it and lists it in its report",
+        "  (`skipped` with the reason, or `locked` with the lock).",
         "",
         f"{faults} faults and {bad} bad inputs.",
     ]

@@ -64,6 +64,9 @@ SERVER_LIMITS: dict[str, dict[str, str]] = {
         "nanio": "nanio ignores x-amz-storage-class (HEAD answers STANDARD) and stores no tags (GetObjectTagging answers 500)",
         "radosgw": _RADOSGW_MULTIPART_TAGS,
     },
+    "tests/test_catalog.py::test_an_archive_is_catalogued_with_what_s3_holds": {
+        "nanio": "nanio ignores x-amz-storage-class (HEAD answers STANDARD), and the record says what S3 reports",
+    },
     "tests/test_s3_strict.py::test_archive_and_rerun_into_a_versioned_bucket_with_the_documented_policy": {
         "nanio": _NANIO_NO_VERSIONING,
     },
@@ -257,3 +260,12 @@ def aws_connection(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
         ),
     )
     return "aws_default"
+
+
+def catalogue_key(emu: Any, bid: int, stack: str = "stack-1") -> str:
+    """The catalogue record the archive operator writes for a backup (default catalog_prefix)."""
+    from airflow_provider_c66.models import Backup
+    from airflow_provider_c66.transfers import archive
+
+    raw = next(r for r in emu.backups(stack) if r["id"] == bid)
+    return archive.catalog_key(archive.DEFAULT_CATALOG_PREFIX, stack, Backup.from_api(raw))

@@ -13,6 +13,7 @@ import pytest
 from airflow_provider_c66.exceptions import Cloud66InputError
 from airflow_provider_c66.transfers.backup_to_s3 import Cloud66BackupToS3Operator
 from airflow_provider_c66.transfers.s3_to_cloud66 import S3ToCloud66ImportOperator
+from tests.s3_fixtures import catalogue_key
 
 MiB = 1024 * 1024
 DATE = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
@@ -60,7 +61,8 @@ def test_dag_run_archives_split_parts_joined_byte_exact(emu, s3_client, s3_bucke
 
     prefix = f"cloud66/stack-1/mysql/app_db/2026/03/04/{bid}/"
     name = emu.file_names("stack-1", bid)[0].rsplit("-", 1)[0]
-    assert keys(s3_client, s3_bucket) == sorted([prefix + name, prefix + "manifest.json"])
+    catalogued = f"cloud66/_catalog/stack-1/mysql/app_db/2026-03-04-{bid}.json"
+    assert keys(s3_client, s3_bucket) == sorted([prefix + name, prefix + "manifest.json", catalogued])
     data = read(s3_client, s3_bucket, prefix + name)
     assert data == archive_bytes(emu, "stack-1", bid)
     assert open_uploads(s3_client, s3_bucket) == []
@@ -228,7 +230,9 @@ def test_failed_backup_is_not_archived(emu, s3_client, s3_bucket, aws_connection
 def test_hostile_file_names_stay_under_the_prefix(emu, s3_client, s3_bucket, aws_connection):
     bid = emu.add_backup("stack-1", size=2048, backup_date=DATE, database_name="../../etc")
     uris = make_op(s3_bucket, bid, s3_key_prefix="safe/{database_name}/{backup_id}/").execute({})
-    stored = keys(s3_client, s3_bucket)
+    catalogued = catalogue_key(emu, bid)
+    assert catalogued == f"cloud66/_catalog/stack-1/mysql/_.._etc/2026-03-04-{bid}.json"
+    stored = [k for k in keys(s3_client, s3_bucket) if k != catalogued]
     assert len(stored) == 2 and [u.split("/", 3)[3] for u in uris] == [
         k for k in stored if "manifest" not in k
     ]

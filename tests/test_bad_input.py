@@ -23,7 +23,9 @@ from airflow_provider_c66.testing.emulator import Cloud66Emulator
 from airflow_provider_c66.testing.pytest_plugin import connection_json
 from airflow_provider_c66.transfers import archive
 from airflow_provider_c66.transfers.backup_to_s3 import Cloud66BackupToS3Operator
+from airflow_provider_c66.transfers.prune_archives import Cloud66ArchivePruneOperator
 from airflow_provider_c66.transfers.s3_to_cloud66 import S3ToCloud66ImportOperator
+from tests.s3_fixtures import catalogue_key
 
 RUN = datetime(2026, 5, 1, tzinfo=UTC)
 SIGNED_URL = "https://backups.example.com/dumps/app_db.tar?X-Amz-Signature=0123abcd"
@@ -41,6 +43,7 @@ OPERATORS: dict[str, tuple[type, dict[str, Any]]] = {
         S3ToCloud66ImportOperator,
         {"s3_bucket": BUCKET, "s3_key": "k.tar", "stack_id": "stack-1", "group": 1, "db_type": "mysql"},
     ),
+    "prune": (Cloud66ArchivePruneOperator, {"s3_bucket": BUCKET, "keep_daily": 7}),
 }
 NAMES = {
     "create": "Cloud66CreateBackupOperator",
@@ -48,6 +51,7 @@ NAMES = {
     "sensor": "Cloud66BackupSensor",
     "transfer": "Cloud66BackupToS3Operator",
     "restore": "S3ToCloud66ImportOperator",
+    "prune": "Cloud66ArchivePruneOperator",
 }
 
 
@@ -416,6 +420,61 @@ BAD = [
         params={"key": ""},
         render="context",
     ),
+    # Cloud66ArchivePruneOperator
+    bad("prune-keep-none", "prune", "keep_*", "no keep_* set (it would delete every archive)", keep_daily=0),
+    bad("prune-keep-negative", "prune", "keep_weekly", "negative", keep_weekly=-1),
+    bad("prune-keep-float", "prune", "keep_monthly", "not an integer (2.5)", keep_monthly=2.5),
+    bad("prune-keep-text", "prune", "keep_last", "not an integer ('all')", keep_last="all"),
+    bad("prune-keep-bool", "prune", "keep_yearly", "wrong type (bool)", keep_yearly=True),
+    bad("prune-keep-huge", "prune", "keep_daily", "huge (2**63)", keep_daily=2**63),
+    bad("prune-bucket-upper", "prune", "s3_bucket", "not a bucket name ('My_Bucket')", s3_bucket="My_Bucket"),
+    bad("prune-bucket-empty", "prune", "s3_bucket", "empty string", s3_bucket=""),
+    bad("prune-prefix-up", "prune", "s3_prefix", "path traversal '../other/'", s3_prefix="../other/"),
+    bad("prune-prefix-absolute", "prune", "s3_prefix", "absolute key '/cloud66/'", s3_prefix="/cloud66/"),
+    bad(
+        "prune-prefix-placeholder",
+        "prune",
+        "s3_prefix",
+        "a placeholder 'cloud66/{stack_id}/'",
+        s3_prefix="cloud66/{stack_id}/",
+    ),
+    bad("prune-prefix-empty", "prune", "s3_prefix", "empty string", s3_prefix=""),
+    bad("prune-prefix-nul", "prune", "s3_prefix", "control character (NUL)", s3_prefix="cloud66/\x00/"),
+    bad(
+        "prune-catalog-up",
+        "prune",
+        "catalog_prefix",
+        "path traversal 'cloud66/../_catalog/'",
+        catalog_prefix="cloud66/../_catalog/",
+    ),
+    bad("prune-catalog-empty", "prune", "catalog_prefix", "empty string", catalog_prefix=""),
+    bad(
+        "prune-catalog-placeholder",
+        "prune",
+        "catalog_prefix",
+        "a placeholder '{stack_id}/'",
+        catalog_prefix="{stack_id}/",
+    ),
+    bad("prune-dry-run", "prune", "dry_run", "not a boolean ('maybe')", dry_run="maybe"),
+    bad("prune-max-zero", "prune", "max_archives", "zero", max_archives=0),
+    bad(
+        "prune-keep-jinja-empty",
+        "prune",
+        "keep_daily",
+        "renders to an empty string",
+        keep_daily="{{ params.keep }}",
+        params={"keep": ""},
+        render="context",
+    ),
+    bad(
+        "prune-keep-jinja-negative",
+        "prune",
+        "keep_daily",
+        "renders to '-3'",
+        keep_daily="{{ params.keep }}",
+        params={"keep": -3},
+        render="dag",
+    ),
     # Cloud66Hook methods
     bad("hook-list-stack-list", "hook.list_backups", "stack_id", "wrong type (list)", args=(["stack-1"],)),
     bad(
@@ -660,7 +719,14 @@ def test_hostile_names_from_the_api_never_escape_the_prefix(
 
         db_type, database = archive.safe_segment("../../x"), archive.safe_segment("../\x00evil/..")
         prefix = f"safe/{db_type}/{database}/{bid}/"
-        stored = sorted(o["Key"] for o in s3_client.list_objects_v2(Bucket=s3_bucket)["Contents"])
+        listed = sorted(o["Key"] for o in s3_client.list_objects_v2(Bucket=s3_bucket)["Contents"])
+        catalogued = [k for k in listed if k.startswith("cloud66/_catalog/")]
+        assert catalogued == [catalogue_key(emu, bid)], (
+            "its catalogue record, and only that, outside the prefix"
+        )
+        assert catalogued[0].startswith(f"cloud66/_catalog/stack-1/{db_type}/{database}/")
+        assert ".." not in catalogued[0].split("/") and not re.search(r"[\x00-\x1f\x7f]", catalogued[0])
+        stored = [k for k in listed if k not in catalogued]
         assert len(stored) == (2 if join_parts else len(HOSTILE) + 1)
         assert sorted(u.split("/", 3)[3] for u in uris) == [
             k for k in stored if k != prefix + "manifest.json"

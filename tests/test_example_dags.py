@@ -26,6 +26,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from tests.s3_fixtures import catalogue_key
 from tests.test_sensor import record
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -168,6 +169,8 @@ def test_importing_the_package_does_not_import_boto3():
             "airflow_provider_c66.transfers.copy",
             "airflow_provider_c66.transfers.backup_to_s3",
             "airflow_provider_c66.transfers.s3_to_cloud66",
+            "airflow_provider_c66.transfers.retention",
+            "airflow_provider_c66.transfers.prune_archives",
         ):
             importlib.import_module(name)
             loaded = sorted(m for m in sys.modules if m.split(".")[0] in heavy)
@@ -281,13 +284,15 @@ def test_archive_dag_archives_every_target_byte_exact_and_a_rerun_copies_nothing
         **{(WAIT, i): "success" for i in range(3)},
         **{(COPY, i): "success" for i in range(3)},
         ("summary", -1): "success",
+        ("prune_today", -1): "success",  # retention is not set: the prune is skipped
+        ("prune", -1): "skipped",
     }
     expected_keys = []
     uris = []
     for index, (stack, _db_type) in enumerate(pairs):
         bid = wanted[pairs[index]]
         key, manifest_key = archive_key(emu, stack, bid)
-        expected_keys += [key, manifest_key]
+        expected_keys += [key, manifest_key, catalogue_key(emu, bid, stack)]
         uris.append(f"s3://{s3_bucket}/{key}")
         assert read(s3_client, s3_bucket, key) == b"".join(emu.iter_archive(stack, bid))
         manifest = json.loads(read(s3_client, s3_bucket, manifest_key))
@@ -348,16 +353,93 @@ def test_archive_dag_one_failed_backup_fails_its_own_tasks_and_then_the_run(
         (WAIT, 1): "success",
         (COPY, 1): "success",
         ("summary", -1): "failed",
+        ("prune_today", -1): "upstream_failed",  # never prune on a day something was not archived
+        ("prune", -1): "upstream_failed",
     }
     assert xcom_value(dagrun, WAIT, 0) is None and xcom_value(dagrun, "summary") is None
     key, manifest_key = archive_key(emu, "events-prod", split)
-    assert sorted(s3_listing(s3_client, s3_bucket)) == sorted([key, manifest_key])
+    assert sorted(s3_listing(s3_client, s3_bucket)) == sorted(
+        [key, manifest_key, catalogue_key(emu, split, "events-prod")]
+    )
     assert read(s3_client, s3_bucket, key) == b"".join(emu.iter_archive("events-prod", split))
     assert xcom_value(dagrun, COPY, 1) == [f"s3://{s3_bucket}/{key}"]
     # Neither the failed backup nor the older good one of that pair was downloaded.
     assert file_requests_of(emu, "shop-prod", failed) == []
     assert file_requests_of(emu, "shop-prod", good_before) == []
     assert file_requests_of(emu, "events-prod", split) != []
+
+
+def test_archive_dag_prunes_on_the_chosen_weekday_when_retention_is_set(
+    archive_emu, s3_client, s3_bucket, aws_connection, run_dag, monkeypatch
+):
+    """With the ``retention`` param set and the run on ``prune_weekday``, the prune runs after the
+    summary: the older archive of the pair goes with its catalogue record; on another day nothing goes."""
+    from airflow_provider_c66.transfers.backup_to_s3 import Cloud66BackupToS3Operator
+
+    emu = archive_emu
+    now = datetime.now(UTC)
+    weekdays = ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
+    old = emu.add_backup(
+        "shop-prod", db_type="mysql", database_name="shop", size=3000, backup_date=now - timedelta(days=3)
+    )
+    Cloud66BackupToS3Operator(
+        task_id="earlier", stack_id="shop-prod", backup_id=old, s3_bucket=s3_bucket, asset_alias=None
+    ).execute({})
+    old_keys = [*archive_key(emu, "shop-prod", old), catalogue_key(emu, old, "shop-prod")]
+    assert sorted(s3_listing(s3_client, s3_bucket)) == sorted(old_keys)
+    new = emu.add_backup(
+        "shop-prod", db_type="mysql", database_name="shop", size=4000, backup_date=now - timedelta(hours=1)
+    )
+    set_targets(monkeypatch, [("shop-prod", "mysql")])
+    retention = {"keep_last": 1, "keep_monthly": 0}
+
+    # Another weekday: archived, not pruned.
+    other_day = weekdays[(now.weekday() + 1) % 7]
+    conf = {"s3_bucket": s3_bucket, "retention": retention, "prune_weekday": other_day}
+    skipped = run_dag(load_dag(ARCHIVE), run_conf=conf)
+    new_keys = [*archive_key(emu, "shop-prod", new), catalogue_key(emu, new, "shop-prod")]
+    assert skipped.state == "success"
+    assert states(skipped)[("prune", -1)] == "skipped"
+    assert sorted(s3_listing(s3_client, s3_bucket)) == sorted(old_keys + new_keys)
+
+    conf["prune_weekday"] = weekdays[now.weekday()]
+    dagrun = run_dag(load_dag(ARCHIVE), run_conf=conf)
+    if datetime.now(UTC).date() != now.date():
+        pytest.skip("the runs crossed midnight (UTC), so the weekday changed under them")
+
+    assert dagrun.state == "success"
+    assert states(dagrun) == {
+        ("targets", -1): "success",
+        (WAIT, 0): "success",
+        (COPY, 0): "success",
+        ("summary", -1): "success",
+        ("prune_today", -1): "success",
+        ("prune", -1): "success",
+    }
+    assert sorted(s3_listing(s3_client, s3_bucket)) == sorted(new_keys)
+    report = xcom_value(dagrun, "prune")
+    assert [(r["backup_id"], r["reasons"]) for r in report["kept"]] == [(new, ["last 1"])]
+    assert [(r["backup_id"], r["catalog"]) for r in report["deleted"]] == [(old, old_keys[2])]
+    assert report["locked"] == [] and report["skipped"] == [] and report["dry_run"] is False
+
+
+def test_archive_dag_refuses_an_unknown_retention_rule_before_pruning(
+    archive_emu, s3_client, s3_bucket, aws_connection, run_dag, monkeypatch
+):
+    emu = archive_emu
+    bid = emu.add_backup(
+        "shop-prod", db_type="mysql", database_name="shop", size=3000, backup_date=datetime.now(UTC)
+    )
+    set_targets(monkeypatch, [("shop-prod", "mysql")])
+    conf = {"s3_bucket": s3_bucket, "retention": {"keep_hourly": 24}}
+    dagrun = run_dag(load_dag(ARCHIVE), run_conf=conf)
+    assert dagrun.state == "failed"
+    assert states(dagrun)[("prune_today", -1)] == "failed"
+    assert states(dagrun)[("prune", -1)] == "upstream_failed"
+    key, manifest_key = archive_key(emu, "shop-prod", bid)
+    assert sorted(s3_listing(s3_client, s3_bucket)) == sorted(
+        [key, manifest_key, catalogue_key(emu, bid, "shop-prod")]
+    )
 
 
 def test_setup_dag_posts_the_chosen_settings_and_returns_the_first_backup(cloud66_emulator_factory, run_dag):

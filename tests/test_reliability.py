@@ -31,6 +31,7 @@ from airflow_provider_c66.testing.pytest_plugin import connection_json
 from airflow_provider_c66.transfers.backup_to_s3 import Cloud66BackupToS3Operator
 from airflow_provider_c66.transfers.copy import CopyError
 from tests.copy_fixtures import PartWatch
+from tests.s3_fixtures import catalogue_key
 
 MiB = 1 << 20
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,7 +75,8 @@ def assert_nothing_left(s3_client: Any, bucket: str) -> None:
 
 def assert_archived(s3_client: Any, bucket: str, emu: Any, bid: int) -> None:
     key = archive_key(emu, bid)
-    assert keys(s3_client, bucket) == sorted([key, prefix_of(emu, bid) + "manifest.json"])
+    expected = [key, prefix_of(emu, bid) + "manifest.json", catalogue_key(emu, bid)]
+    assert keys(s3_client, bucket) == sorted(expected)
     assert read(s3_client, bucket, key) == archive_bytes(emu, bid)
     assert open_uploads(s3_client, bucket) == []
     manifest = json.loads(read(s3_client, bucket, prefix_of(emu, bid) + "manifest.json"))

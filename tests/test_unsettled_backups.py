@@ -18,6 +18,7 @@ from airflow.providers.common.compat.sdk import AirflowException
 from airflow_provider_c66.models import Backup, BackupStatus
 from airflow_provider_c66.transfers.backup_to_s3 import Cloud66BackupToS3Operator
 from airflow_provider_c66.watermark import ANY_TYPE, BackupWait, Watermark
+from tests.s3_fixtures import catalogue_key
 from tests.test_sensor import LIST_PATH, list_gets, record, run_sensor, xcom_value
 
 MiB = 1 << 20
@@ -52,7 +53,7 @@ def archive_of(emu: Any, s3_client: Any, bucket: str, bid: int) -> tuple[bytes, 
     manifest = json.loads(s3_client.get_object(Bucket=bucket, Key=manifest_key)["Body"].read())
     (entry,) = manifest["objects"]
     data = s3_client.get_object(Bucket=bucket, Key=entry["key"])["Body"].read()
-    assert keys(s3_client, bucket) == sorted([manifest_key, entry["key"]])
+    assert keys(s3_client, bucket) == sorted([manifest_key, entry["key"], catalogue_key(emu, bid)])
     return data, manifest
 
 

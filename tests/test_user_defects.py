@@ -38,6 +38,7 @@ from airflow_provider_c66.redaction import redact_text
 from airflow_provider_c66.sensors.backups import Cloud66BackupSensor
 from airflow_provider_c66.testing.pytest_plugin import connection_json
 from airflow_provider_c66.transfers.backup_to_s3 import Cloud66BackupToS3Operator
+from airflow_provider_c66.transfers.prune_archives import Cloud66ArchivePruneOperator
 from airflow_provider_c66.transfers.s3_to_cloud66 import S3ToCloud66ImportOperator
 from airflow_provider_c66.transfers.verify_archive import Cloud66ArchiveVerifyOperator
 from airflow_provider_c66.watermark import ANY_TYPE, BackupWait, Watermark
@@ -320,6 +321,7 @@ def every_task_args() -> list[tuple[type, dict[str, Any]]]:
                 "object_lock_retain_until": datetime(2030, 1, 1, tzinfo=UTC),
                 "object_lock_legal_hold": True,
                 "asset_alias": "archives",
+                "catalog_prefix": "lake/_catalog/",
                 **common,
             },
         ),
@@ -341,6 +343,24 @@ def every_task_args() -> list[tuple[type, dict[str, Any]]]:
         (
             Cloud66ArchiveVerifyOperator,
             {"task_id": "verify", "archive": ["s3://bucket/lake/5/"], "aws_conn_id": "aws", **common},
+        ),
+        (
+            Cloud66ArchivePruneOperator,
+            {
+                "task_id": "prune",
+                "s3_bucket": "bucket",
+                "s3_prefix": "lake/",
+                "keep_last": 3,
+                "keep_daily": 7,
+                "keep_weekly": 4,
+                "keep_monthly": 12,
+                "keep_yearly": 5,
+                "dry_run": True,
+                "catalog_prefix": "lake/_catalog/",
+                "aws_conn_id": "aws",
+                "max_archives": 500,
+                **common,
+            },
         ),
     ]
 

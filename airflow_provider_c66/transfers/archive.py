@@ -20,6 +20,9 @@ from airflow_provider_c66.models import Backup
 DEFAULT_KEY_PREFIX = "cloud66/{stack_id}/{db_type}/{database_name}/{YYYY}/{MM}/{DD}/{backup_id}/"
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1
+# One small record per completed archive, under its own prefix, so the lake can be read as a table.
+DEFAULT_CATALOG_PREFIX = "cloud66/_catalog/"
+CATALOG_FORMAT = 1
 # Object metadata that marks an object as written by this package for one backup: a re-run may
 # replace such an object (an interrupted earlier try), never someone else's.
 META_STACK = "c66-stack-id"
@@ -170,3 +173,69 @@ def manifest_matches(document: Mapping[str, Any], stack_id: str, backup_id: int,
         )
     except (KeyError, TypeError):
         return False
+
+
+def catalog_key(catalog_prefix: str, stack_id: str, backup: Backup) -> str:
+    """Where an archive's catalogue record goes: one object per archive, so concurrent archives never
+    write the same key, grouped as the archives are (stack, db type, database) and sorted by date."""
+    date = backup.backup_date.astimezone(UTC)
+    return (
+        f"{catalog_prefix}{safe_segment(stack_id)}/{safe_segment(backup.db_type)}/"
+        f"{safe_segment(backup.database_name or 'default')}/{date:%Y-%m-%d}-{backup.id}.json"
+    )
+
+
+def check_catalog_prefix(value: object, field: str = "catalog_prefix") -> str:
+    """A fixed, relative prefix ending in ``/`` (no placeholders: every archive shares it)."""
+    if not isinstance(value, str) or not value.strip():
+        raise Cloud66InputError(field, f"must be a non-empty key prefix or None, got {value!r:.80}")
+    prefix = value.strip()
+    prefix = prefix if prefix.endswith("/") else prefix + "/"
+    if "{" in prefix or "}" in prefix:
+        raise Cloud66InputError(field, f"takes no placeholders, got {value!r:.80}")
+    if prefix.startswith("/") or "\\" in prefix or any(ord(c) < 32 or ord(c) == 127 for c in prefix):
+        raise Cloud66InputError(
+            field, f"must be a relative key without control characters, got {value!r:.80}"
+        )
+    if any(seg in ("", ".", "..") for seg in prefix.rstrip("/").split("/")):
+        raise Cloud66InputError(field, f"must not contain empty, '.' or '..' segments, got {value!r:.80}")
+    if len(prefix) > 512:
+        raise Cloud66InputError(field, "must be at most 512 characters")
+    return prefix
+
+
+def build_catalog_record(
+    stack_id: str,
+    backup: Backup,
+    bucket: str,
+    manifest_key: str,
+    objects: Sequence[ArchivedObject],
+    *,
+    storage_class: str,
+    lock_mode: str | None,
+    lock_retain_until: datetime | None,
+) -> bytes:
+    """One archive as one line of JSON (a JSON Lines file of one row): Athena's JSON SerDe and
+    DuckDB's ``read_json`` read the whole catalogue prefix as a table. Flat fields, one array."""
+    record = {
+        "format": CATALOG_FORMAT,
+        "stack_id": stack_id,
+        "db_type": backup.db_type,
+        "database_name": backup.database_name,
+        "backup_id": backup.id,
+        "backup_date": backup.backup_date.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        "bucket": bucket,
+        "manifest_key": manifest_key,
+        "objects": [{"key": o.key, "size": o.size, "sha256": o.sha256} for o in objects],
+        "total_size": sum(o.size for o in objects),
+        "storage_class": storage_class,
+        "lock_mode": lock_mode,
+        "lock_retain_until": (
+            lock_retain_until.astimezone(UTC).isoformat().replace("+00:00", "Z")
+            if lock_retain_until
+            else None
+        ),
+        "package_version": __version__,
+        "archived_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+    }
+    return json.dumps(record, sort_keys=True, separators=(",", ":")).encode() + b"\n"

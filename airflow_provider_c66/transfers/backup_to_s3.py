@@ -88,6 +88,10 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
     :param object_lock_legal_hold: also place a legal hold (no end date; lifted by someone allowed to).
     :param asset_alias: the ``AssetAlias`` each written object is announced under, so DAGs can be
         scheduled on fresh archives; None to announce nothing.
+    :param catalog_prefix: where a one-line JSON record of each complete archive is written, one
+        object per archive (``<prefix><stack>/<db_type>/<database>/<YYYY-MM-DD>-<backup id>.json``), so
+        Athena or DuckDB read the lake as a table; written after the manifest, and by a re-run that
+        finds the archive complete without one. None writes no record.
     :return: the ``s3://`` URIs of the archive's objects.
     """
 
@@ -105,6 +109,7 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
         "object_lock_mode",
         "object_lock_retain_days",
         "object_lock_retain_until",
+        "catalog_prefix",
     )
     ui_color = "#7fb2e5"
 
@@ -132,6 +137,7 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
         object_lock_retain_until: datetime | str | None = None,
         object_lock_legal_hold: bool = False,
         asset_alias: str | None = DEFAULT_ASSET_ALIAS,
+        catalog_prefix: str | None = archive.DEFAULT_CATALOG_PREFIX,
         **kwargs: Any,
     ) -> None:
         if asset_alias:
@@ -158,6 +164,7 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
         self.object_lock_retain_until = object_lock_retain_until
         self.object_lock_legal_hold = object_lock_legal_hold
         self.asset_alias = asset_alias
+        self.catalog_prefix = catalog_prefix
         # Made in execute() (a _StopSignal, which Airflow's deep copy of the operator can copy).
         self._cancel: threading.Event | None = None
 
@@ -176,6 +183,8 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
                 "s3_key_prefix", f"must be a non-empty key prefix, got {self.s3_key_prefix!r:.80}"
             )
         archive.check_prefix_template(self.s3_key_prefix)
+        if self.catalog_prefix is not None:
+            archive.check_catalog_prefix(self.catalog_prefix)
         part_size = validation.positive_int(self.part_size, "part_size", maximum=MAX_PART_SIZE)
         if part_size < MIN_PART_SIZE:
             raise Cloud66InputError(
@@ -274,8 +283,7 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
             self.log.info(
                 "s3://%s/%s already holds this backup (manifest matches); nothing to copy.", bucket, prefix
             )
-            self._abort_leftover_uploads(client, bucket, list(plan))
-            return self._announce(context, bucket, existing, backup, stack)
+            return self._finish(context, client, bucket, prefix, plan, existing, backup, stack, extra)
         taken = self._check_overwrite(client, bucket, prefix, stack, ident, list(plan))
 
         from airflow_provider_c66.transfers.copy import CopyCancelled, CopyError
@@ -318,8 +326,7 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
                 bucket,
                 prefix,
             )
-            self._abort_leftover_uploads(client, bucket, list(plan))
-            return self._announce(context, bucket, done, backup, stack)
+            return self._finish(context, client, bucket, prefix, plan, done, backup, stack, extra)
         if not self._write_manifest(client, bucket, prefix, stack, backup, objects, extra, taken):
             done = self._complete_archive(client, bucket, prefix, stack, ident, list(plan))
             if done is None:
@@ -328,8 +335,7 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
                     f"backup {ident}, and it does not describe this archive; nothing was overwritten."
                 )
             self.log.warning("Another run finished archiving backup %s first; using its manifest.", ident)
-            self._abort_leftover_uploads(client, bucket, list(plan))
-            return self._announce(context, bucket, done, backup, stack)
+            return self._finish(context, client, bucket, prefix, plan, done, backup, stack, extra)
         self.log.info(
             "Archived backup %s of stack %r as %d object(s) under s3://%s/%s",
             ident,
@@ -338,8 +344,9 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
             bucket,
             prefix,
         )
-        self._abort_leftover_uploads(client, bucket, list(plan))
-        return self._announce(context, bucket, [o.key for o in objects], backup, stack)
+        return self._finish(
+            context, client, bucket, prefix, plan, [o.key for o in objects], backup, stack, extra
+        )
 
     def _copy(
         self,
@@ -578,6 +585,71 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
                 "set replace=True to overwrite it, or choose another s3_key_prefix."
             )
         return taken
+
+    def _finish(
+        self,
+        context: Any,
+        client: Any,
+        bucket: str,
+        prefix: str,
+        plan: Mapping[str, Any],
+        keys: list[str],
+        backup: Backup,
+        stack: str,
+        extra: Mapping[str, Any],
+    ) -> list[str]:
+        """The archive is complete: tidy its keys, make sure the catalogue lists it, announce it."""
+        self._abort_leftover_uploads(client, bucket, list(plan))
+        if self.catalog_prefix is not None:
+            self._catalogue(client, bucket, prefix, stack, backup, extra)
+        return self._announce(context, bucket, keys, backup, stack)
+
+    def _catalogue(
+        self, client: Any, bucket: str, prefix: str, stack: str, backup: Backup, extra: Mapping[str, Any]
+    ) -> None:
+        """Write the archive's catalogue record unless it exists; read from what S3 holds (the
+        manifest, and the first object's storage class and lock), so it agrees with the lake."""
+        from airflow_provider_c66.transfers.copy import write_object
+
+        key = archive.catalog_key(archive.check_catalog_prefix(self.catalog_prefix), stack, backup)
+        if _head(client, bucket, key) is not None:
+            return
+        manifest_key = prefix + archive.MANIFEST_NAME
+        document = read_manifest(client, bucket, manifest_key) or {}
+        objects = [
+            ArchivedObject(key=o["key"], size=int(o["size"]), etag="", sha256=str(o["sha256"]), sources=())
+            for o in document.get("objects", [])
+        ]
+        head = _head(client, bucket, objects[0].key) if objects else None
+        head = head or {}
+        record = archive.build_catalog_record(
+            stack,
+            backup,
+            bucket,
+            manifest_key,
+            objects,
+            storage_class=str(head.get("StorageClass") or "STANDARD"),
+            lock_mode=head.get("ObjectLockMode"),
+            lock_retain_until=head.get("ObjectLockRetainUntilDate"),
+        )
+        encryption = {k: v for k, v in extra.items() if k in ("ServerSideEncryption", "SSEKMSKeyId")}
+        try:
+            write_object(
+                client,
+                bucket,
+                key,
+                record,
+                extra_args={
+                    **encryption,
+                    "ContentType": "application/json",
+                    "Metadata": {archive.META_STACK: stack, archive.META_BACKUP: str(backup.id)},
+                },
+                if_none_match=True,
+                log=self.log,
+            )
+        except ObjectExists:  # a concurrent run of the same backup wrote it first
+            return
+        self.log.info("Catalogued the archive as s3://%s/%s", bucket, key)
 
     def _announce(self, context: Any, bucket: str, keys: list[str], backup: Backup, stack: str) -> list[str]:
         uris = [archive.s3_uri(bucket, key) for key in keys]

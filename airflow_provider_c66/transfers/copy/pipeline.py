@@ -264,14 +264,13 @@ class _ArchiveCopy:
                 for page in paginator.paginate(Bucket=self.bucket, Key=self.key, UploadId=upload_id)
             ]
         except Exception as exc:
-            if s3_error_code(exc) == "NoSuchUpload":
-                self.log.info("%s: the upload an earlier try left is gone; starting afresh", self.target)
-                if listed is None and self.upload_ids is not None:
-                    self._ledger("drop", self.upload_ids.drop, self.key)
-            else:
-                self.log.info(
-                    "%s: could not list the parts of an open upload (%s); starting afresh", self.target, exc
-                )
+            # Gone (completed, aborted, expired: NoSuchUpload, or another code on some stores) or not
+            # listable: a new upload is made, and recorded in place of this one.
+            self.log.info(
+                "%s: could not list the parts of the open upload an earlier try left (%s); starting afresh",
+                self.target,
+                s3_error_code(exc) or exc,
+            )
             return None
         about: Mapping[str, Any] = listed or (listing[0] if listing else {})
         reported_class = about.get("StorageClass") or "STANDARD"  # some stores always say STANDARD
