@@ -159,8 +159,8 @@ def test_a_custom_catalogue_prefix(emu: Any, s3_client: Any, s3_bucket: str, aws
         ("cloud66/{stack_id}/", "takes no placeholders"),
         ("/abs/", "must be a relative key"),
         ("a/../b/", "must not contain empty, '.' or '..' segments"),
-        ("", "must be a non-empty key prefix or None"),
-        (5, "must be a non-empty key prefix or None"),
+        ("", "must be a non-empty key prefix such as 'cloud66/' or None"),
+        (5, "must be a non-empty key prefix such as 'cloud66/' or None"),
     ],
 )
 def test_a_bad_catalogue_prefix_is_refused_before_any_request(

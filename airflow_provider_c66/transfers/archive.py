@@ -186,21 +186,29 @@ def catalog_key(catalog_prefix: str, stack_id: str, backup: Backup) -> str:
 
 
 def check_catalog_prefix(value: object, field: str = "catalog_prefix") -> str:
-    """A fixed, relative prefix ending in ``/`` (no placeholders: every archive shares it)."""
+    """The catalogue's prefix: fixed (every archive shares it), relative, ending in ``/``."""
+    return fixed_prefix(value, field, optional=True)
+
+
+def fixed_prefix(value: object, field: str, *, optional: bool = False) -> str:
+    """A fixed, relative key prefix ending in ``/`` (no placeholders), or :class:`Cloud66InputError`."""
     if not isinstance(value, str) or not value.strip():
-        raise Cloud66InputError(field, f"must be a non-empty key prefix or None, got {value!r:.80}")
+        allowed = "a non-empty key prefix such as 'cloud66/'" + (" or None" if optional else "")
+        raise Cloud66InputError(field, f"must be {allowed}, got {value!r:.80}")
     prefix = value.strip()
     prefix = prefix if prefix.endswith("/") else prefix + "/"
     if "{" in prefix or "}" in prefix:
-        raise Cloud66InputError(field, f"takes no placeholders, got {value!r:.80}")
+        raise Cloud66InputError(
+            field, f"takes no placeholders (a fixed prefix such as 'cloud66/'), got {value!r:.80}"
+        )
     if prefix.startswith("/") or "\\" in prefix or any(ord(c) < 32 or ord(c) == 127 for c in prefix):
         raise Cloud66InputError(
             field, f"must be a relative key without control characters, got {value!r:.80}"
         )
     if any(seg in ("", ".", "..") for seg in prefix.rstrip("/").split("/")):
         raise Cloud66InputError(field, f"must not contain empty, '.' or '..' segments, got {value!r:.80}")
-    if len(prefix) > 512:
-        raise Cloud66InputError(field, "must be at most 512 characters")
+    if len(prefix) > 700:
+        raise Cloud66InputError(field, "must be at most 700 characters")
     return prefix
 
 

@@ -554,7 +554,7 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
         if document is None or not archive.manifest_matches(document, stack, ident, keys):
             return None
         for entry in document["objects"]:
-            head = _head(client, bucket, entry["key"])
+            head = head_object(client, bucket, entry["key"])
             if head is None or head.get("ContentLength") != entry["size"]:
                 self.log.warning("Manifest found but %s is missing or changed; copying again.", entry["key"])
                 return None
@@ -570,7 +570,7 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
         """
         taken: set[str] = set()
         for key in [*keys, prefix + archive.MANIFEST_NAME]:
-            head = _head(client, bucket, key)
+            head = head_object(client, bucket, key)
             if head is None:
                 continue
             taken.add(key)
@@ -612,7 +612,7 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
         from airflow_provider_c66.transfers.copy import write_object
 
         key = archive.catalog_key(archive.check_catalog_prefix(self.catalog_prefix), stack, backup)
-        if _head(client, bucket, key) is not None:
+        if head_object(client, bucket, key) is not None:
             return
         manifest_key = prefix + archive.MANIFEST_NAME
         document = read_manifest(client, bucket, manifest_key) or {}
@@ -620,7 +620,7 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
             ArchivedObject(key=o["key"], size=int(o["size"]), etag="", sha256=str(o["sha256"]), sources=())
             for o in document.get("objects", [])
         ]
-        head = _head(client, bucket, objects[0].key) if objects else None
+        head = head_object(client, bucket, objects[0].key) if objects else None
         head = head or {}
         record = archive.build_catalog_record(
             stack,
@@ -758,16 +758,17 @@ def _aware_datetime(value: object, field: str) -> datetime:
     return value.astimezone(UTC)
 
 
-_MISSING = ("404", "NoSuchKey", "NotFound")
+MISSING_CODES = ("404", "NoSuchKey", "NotFound")  # what S3 answers for a key that holds nothing
 
 
-def _head(client: Any, bucket: str, key: str) -> dict[str, Any] | None:
+def head_object(client: Any, bucket: str, key: str) -> dict[str, Any] | None:
+    """HeadObject's answer, or None when the key holds nothing."""
     from botocore.exceptions import ClientError
 
     try:
         return dict(client.head_object(Bucket=bucket, Key=key))
     except ClientError as exc:
-        if s3_error_code(exc) in _MISSING:
+        if s3_error_code(exc) in MISSING_CODES:
             return None
         raise
 
@@ -779,7 +780,7 @@ def read_manifest(client: Any, bucket: str, key: str) -> dict[str, Any] | None:
     try:
         body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
     except ClientError as exc:
-        if s3_error_code(exc) in _MISSING:
+        if s3_error_code(exc) in MISSING_CODES:
             return None
         raise
     document = json.loads(body)  # a json.JSONDecodeError is a ValueError

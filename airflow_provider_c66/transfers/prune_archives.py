@@ -17,9 +17,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from airflow_provider_c66 import validation
-from airflow_provider_c66.exceptions import Cloud66ApiError, Cloud66InputError
+from airflow_provider_c66.exceptions import Cloud66ApiError
 from airflow_provider_c66.models import Backup, format_datetime
 from airflow_provider_c66.transfers import archive, retention
+from airflow_provider_c66.transfers.backup_to_s3 import MISSING_CODES, head_object
 from airflow_provider_c66.transfers.copy import s3_error_code
 
 try:
@@ -34,7 +35,6 @@ DEFAULT_MAX_ARCHIVES = 10_000
 MAX_ARCHIVES = 1_000_000
 # A manifest lists each object and source file: a few hundred bytes each. Anything bigger is not ours.
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
-_MISSING = ("404", "NoSuchKey", "NotFound")
 
 
 class Cloud66ArchivePruneOperator(BaseOperator):  # type: ignore[misc]
@@ -259,7 +259,7 @@ class Cloud66ArchivePruneOperator(BaseOperator):  # type: ignore[misc]
         try:
             answer = client.get_object(Bucket=bucket, Key=key)
         except ClientError as exc:
-            if s3_error_code(exc) in _MISSING:
+            if s3_error_code(exc) in MISSING_CODES:
                 return "gone since it was listed"
             raise
         try:
@@ -303,7 +303,7 @@ class Cloud66ArchivePruneOperator(BaseOperator):  # type: ignore[misc]
         locks = _locks(key, answer, now)
         missing: list[str] = []
         for object_key in keys:
-            head = _head(client, bucket, object_key)
+            head = head_object(client, bucket, object_key)
             if head is None:
                 missing.append(object_key)
                 continue
@@ -352,7 +352,7 @@ class Cloud66ArchivePruneOperator(BaseOperator):  # type: ignore[misc]
         try:
             answer = client.get_object(Bucket=settings.bucket, Key=key)
         except ClientError as exc:
-            if s3_error_code(exc) in _MISSING:
+            if s3_error_code(exc) in MISSING_CODES:
                 return None
             raise
         try:
@@ -397,26 +397,7 @@ class Cloud66ArchivePruneOperator(BaseOperator):  # type: ignore[misc]
 
 def check_prefix(value: object, field: str = "s3_prefix") -> str:
     """A fixed, relative key prefix ending in ``/``: where the archives to prune are."""
-    if not isinstance(value, str) or not value.strip():
-        raise Cloud66InputError(
-            field, f"must be a non-empty key prefix such as 'cloud66/', got {value!r:.80}"
-        )
-    prefix = value.strip()
-    prefix = prefix if prefix.endswith("/") else prefix + "/"
-    if "{" in prefix or "}" in prefix:
-        raise Cloud66InputError(
-            field,
-            f"takes the fixed part of the archive prefix, without placeholders (e.g. 'cloud66/'), got {value!r:.80}",
-        )
-    if prefix.startswith("/") or "\\" in prefix or any(ord(c) < 32 or ord(c) == 127 for c in prefix):
-        raise Cloud66InputError(
-            field, f"must be a relative key without control characters, got {value!r:.80}"
-        )
-    if any(seg in ("", ".", "..") for seg in prefix.rstrip("/").split("/")):
-        raise Cloud66InputError(field, f"must not contain empty, '.' or '..' segments, got {value!r:.80}")
-    if len(prefix) > 700:
-        raise Cloud66InputError(field, "must be at most 700 characters")
-    return prefix
+    return archive.fixed_prefix(value, field)
 
 
 @dataclass(frozen=True)
@@ -487,14 +468,3 @@ def _locks(key: str, answer: dict[str, Any], now: datetime) -> list[str]:
     if answer.get("ObjectLockLegalHoldStatus") == "ON":
         found.append(f"{key}: legal hold ON")
     return found
-
-
-def _head(client: Any, bucket: str, key: str) -> dict[str, Any] | None:
-    from botocore.exceptions import ClientError
-
-    try:
-        return dict(client.head_object(Bucket=bucket, Key=key))
-    except ClientError as exc:
-        if s3_error_code(exc) in _MISSING:
-            return None
-        raise

@@ -12,7 +12,7 @@ from typing import Any
 
 from airflow_provider_c66.exceptions import Cloud66InputError
 from airflow_provider_c66.transfers import archive
-from airflow_provider_c66.transfers.backup_to_s3 import read_manifest
+from airflow_provider_c66.transfers.backup_to_s3 import MISSING_CODES, read_manifest
 from airflow_provider_c66.transfers.copy import (
     ArchiveDigest,
     flexible_checksums,
@@ -27,7 +27,6 @@ except ImportError:  # pragma: no cover
     from airflow.sdk.exceptions import AirflowException
 
 CHUNK = 1 << 20
-_MISSING = ("404", "NoSuchKey", "NotFound")
 
 
 class Cloud66ArchiveVerifyOperator(BaseOperator):  # type: ignore[misc]
@@ -113,7 +112,7 @@ class Cloud66ArchiveVerifyOperator(BaseOperator):  # type: ignore[misc]
             for chunk in body.iter_chunks(CHUNK):
                 digest.update(chunk)
         except ClientError as exc:
-            if s3_error_code(exc) in _MISSING:
+            if s3_error_code(exc) in MISSING_CODES:
                 return None, ["missing"]
             return None, [f"could not be read: {exc}"]
         except FlexibleChecksumError as exc:  # botocore checked S3's checksum of the bytes as they came
