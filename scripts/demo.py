@@ -2,13 +2,16 @@
 
 Embedded mode (the default): starts the package's Cloud 66 emulator and a local S3-protocol server
 (moto in server mode) on 127.0.0.1, points ``cloud66_default`` and ``aws_default`` at them, runs the
-DAG through Airflow (``dag.test()``), prints the bucket's keys, sizes and one manifest, verifies every
-archive's bytes against the emulator's source, and stops what it started. Exit status 0 only when
-every archive is complete and byte-exact.
+DAG through Airflow (``dag.test()``), verifies every archive's bytes against the emulator's source,
+and stops what it started. Exit status 0 only when every archive is complete and byte-exact.
 
 Real mode: when ``AIRFLOW_CONN_CLOUD66_DEFAULT``, ``AIRFLOW_CONN_AWS_DEFAULT``,
 ``AIRFLOW_VAR_CLOUD66_ARCHIVE_TARGETS`` and ``CLOUD66_DEMO_BUCKET`` are all set, nothing is started:
 the DAG runs against real Cloud 66 and real S3, and each archive is checked against its manifest.
+
+The terminal shows a report: where things run, a line per target as its archive completes, a table
+of the archives and the result. The servers' access logs and Airflow's own output go to a log file
+named at the end; ``--verbose`` shows them instead, ``--show-manifest`` prints one manifest.
 """
 
 from __future__ import annotations
@@ -22,14 +25,19 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
+import time
 import uuid
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 ROOT = Path(__file__).resolve().parent.parent
 DAG_FILE = ROOT / "example_dags" / "cloud66_archive_to_s3.py"
+COPY_TASK = "archive.copy_to_s3"
 MiB = 1024 * 1024
 REAL_MODE_ENV = (
     "AIRFLOW_CONN_CLOUD66_DEFAULT",
@@ -42,26 +50,81 @@ REAL_MODE_ENV = (
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--fast", action="store_true", help="small backups (CI)")
+    parser.add_argument(
+        "--verbose", action="store_true", help="show the servers' access logs and Airflow's output here"
+    )
+    parser.add_argument("--show-manifest", action="store_true", help="print the first archive's manifest")
+    parser.add_argument("--log-file", type=Path, help="where the full output goes (default: a new temp file)")
     args = parser.parse_args()
+    log_file = args.log_file or Path(tempfile.mkstemp(prefix="c66-demo-", suffix=".log")[1])
     real = all(os.environ.get(name) for name in REAL_MODE_ENV)
     if "AIRFLOW_HOME" not in os.environ:
         os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="c66-demo-airflow-")
         atexit.register(shutil.rmtree, os.environ["AIRFLOW_HOME"], ignore_errors=True)
     os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
-    os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")  # the report below is the output
+    os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
     os.environ["CLOUD66_ARCHIVE_POKE_INTERVAL"] = os.environ.get(
         "CLOUD66_ARCHIVE_POKE_INTERVAL", "1" if not real else "60"
     )
-    with ExitStack() as stack:
-        if real:
-            print("Real mode: Cloud 66 and S3 from the AIRFLOW_CONN_* variables.")
-            bucket, emulator = os.environ["CLOUD66_DEMO_BUCKET"], None
-        else:
-            bucket, emulator = start_embedded(stack, fast=args.fast)
-        return run_and_check(bucket, emulator)
+    with report_to_terminal(log_file, verbose=args.verbose) as report, ExitStack() as stack:
+        try:
+            if real:
+                report.line("Real mode: Cloud 66 and S3 from the AIRFLOW_CONN_* variables.")
+                bucket, emulator = os.environ["CLOUD66_DEMO_BUCKET"], None
+            else:
+                bucket, emulator = start_embedded(stack, report, fast=args.fast)
+            status = run_and_check(report, bucket, emulator, show_manifest=args.show_manifest)
+        except Exception as exc:  # the traceback is in the log; the terminal says what failed
+            import traceback
+
+            traceback.print_exc()
+            report.line(f"FAIL: {type(exc).__name__}: {exc}")
+            status = 1
+        if not args.verbose:
+            report.line(f"Full log: {log_file}")
+        return status
 
 
-def start_embedded(stack: ExitStack, *, fast: bool) -> tuple[str, Any]:
+class Report:
+    """The lines a user sees, written to the terminal whatever else is redirected."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self._lock = threading.Lock()
+
+    def line(self, text: str = "") -> None:
+        with self._lock:
+            self.out.write(text + "\n")
+            self.out.flush()
+
+
+@contextmanager
+def report_to_terminal(log_file: Path, *, verbose: bool) -> Iterator[Report]:
+    """Everything written to file descriptors 1 and 2 (servers, Airflow, warnings) goes to the log
+    file; the report keeps a handle on the real standard output. ``verbose`` redirects nothing."""
+    if verbose:
+        yield Report(sys.stdout)
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    log_fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    terminal = os.fdopen(os.dup(saved[0]), "w", encoding="utf-8", errors="replace")
+    try:
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        yield Report(terminal)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, log_fd):
+            os.close(fd)
+        terminal.close()
+
+
+def start_embedded(stack: ExitStack, report: Report, *, fast: bool) -> tuple[str, Any]:
     """Start the emulator and a moto S3 server, wire the two connections and the targets to them."""
     import boto3
     from moto.server import ThreadedMotoServer
@@ -116,8 +179,8 @@ def start_embedded(stack: ExitStack, *, fast: bool) -> tuple[str, Any]:
         }
     )
     os.environ["AIRFLOW_VAR_CLOUD66_ARCHIVE_TARGETS"] = json.dumps(targets)
-    print(f"Embedded mode: Cloud 66 emulator at {emulator.base_url}, S3 at {endpoint}, bucket {bucket}")
-    print(f"Targets: {', '.join(t['stack_id'] + '/' + t['db_type'] for t in targets)}")
+    report.line(f"Cloud 66     the package's emulator at {emulator.base_url} (embedded mode)")
+    report.line(f"S3           moto at {endpoint}, bucket {bucket}")
     return bucket, emulator
 
 
@@ -129,37 +192,129 @@ def load_dag() -> Any:
     return module.dag
 
 
-def run_and_check(bucket: str, emulator: Any) -> int:
+@dataclass
+class Archive:
+    """One archive of the run, as its manifest and the copy task describe it."""
+
+    manifest_key: str
+    manifest: dict[str, Any]
+    seconds: float | None  # the copy task's run time
+    problems: list[str]
+
+
+def run_and_check(report: Report, bucket: str, emulator: Any, *, show_manifest: bool) -> int:
+    import airflow
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
     from airflow_provider_c66.testing import dags
 
-    dags.migrate_metadata_db()
-    dagrun = dags.run_dag(load_dag(), run_conf={"s3_bucket": bucket})
-    print(f"\nDAG run {dagrun.run_id}: {dagrun.state}")
-
+    targets = json.loads(os.environ["AIRFLOW_VAR_CLOUD66_ARCHIVE_TARGETS"])
+    report.line(f"Airflow      {airflow.__version__}, dag.test() of {DAG_FILE.stem}")
+    report.line(
+        f"Targets      {len(targets)}: {', '.join(t['stack_id'] + '/' + t['db_type'] for t in targets)}"
+    )
+    report.line()
     client = S3Hook(aws_conn_id="aws_default").get_conn()
-    objects = client.list_objects_v2(Bucket=bucket).get("Contents", [])
-    print(f"\ns3://{bucket}/")
-    for obj in sorted(objects, key=lambda o: o["Key"]):
-        print(f"  {obj['Size']:>12,}  {obj['Key']}")
-    manifests = [o["Key"] for o in objects if o["Key"].endswith("/manifest.json")]
+    dags.migrate_metadata_db()
+    started = time.monotonic()
+    with watch_manifests(report, client, bucket, started):
+        dagrun = dags.run_dag(load_dag(), run_conf={"s3_bucket": bucket})
+    report.line(f"\nDAG run {dagrun.run_id}: {dagrun.state} in {time.monotonic() - started:.1f} s")
+
     problems = [] if dagrun.state == "success" else [f"the DAG run ended {dagrun.state}"]
-    for key in manifests:
-        manifest = json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
-        problems += check_archive(client, bucket, manifest, emulator)
-    if manifests:
-        first = json.loads(client.get_object(Bucket=bucket, Key=manifests[0])["Body"].read())
-        print(f"\n{manifests[0]}:\n{json.dumps(first, indent=2)[:2500]}")
-    expected = len(json.loads(os.environ["AIRFLOW_VAR_CLOUD66_ARCHIVE_TARGETS"]))
-    if len(manifests) != expected:
-        problems.append(f"{len(manifests)} complete archives, expected {expected}")
-    print()
+    archives = []
+    for keys, seconds in copy_results(dagrun):
+        manifest_key = keys[0].rsplit("/", 1)[0] + "/manifest.json"
+        manifest = json.loads(client.get_object(Bucket=bucket, Key=manifest_key)["Body"].read())
+        archives.append(
+            Archive(manifest_key, manifest, seconds, check_archive(client, bucket, manifest, emulator))
+        )
+    report.line()
+    print_table(report, archives)
+    if show_manifest and archives:
+        report.line(f"\n{archives[0].manifest_key}:\n{json.dumps(archives[0].manifest, indent=2)}")
+    problems += [problem for item in archives for problem in item.problems]
+    if len(archives) != len(targets):
+        problems.append(f"{len(archives)} complete archives, expected {len(targets)}")
+    report.line()
     for problem in problems:
-        print(f"FAIL: {problem}")
+        report.line(f"FAIL: {problem}")
     if not problems:
-        print(f"OK: {len(manifests)} archives complete and byte-exact.")
+        report.line(f"OK: {len(archives)} archives complete and byte-exact.")
     return 1 if problems else 0
+
+
+@contextmanager
+def watch_manifests(report: Report, client: Any, bucket: str, started: float) -> Iterator[None]:
+    """A line per archive as its manifest (written last) appears in the bucket."""
+    stop = threading.Event()
+    since = datetime.now(UTC) - timedelta(seconds=5)
+
+    def scan(seen: set[str]) -> None:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            for obj in page.get("Contents", []):
+                key = obj["Key"]
+                if key in seen or not key.endswith("/manifest.json") or obj["LastModified"] < since:
+                    continue
+                seen.add(key)
+                document = json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+                backup = document["backup"]
+                target = f"{document['stack_id']}/{backup['db_type']}/{backup['database_name']}"
+                size = f"{document['total_size'] / MiB:.1f} MiB"
+                report.line(f"  archived  {target:<32} {size:>10}  at +{time.monotonic() - started:.1f} s")
+
+    def watch() -> None:
+        seen: set[str] = set()
+        while True:
+            last = stop.is_set()  # one more look after the run, so no archive goes unreported
+            try:
+                scan(seen)
+            except Exception as exc:  # the report goes on; the table below is what counts
+                print(f"watching the bucket: {exc!r}", file=sys.stderr)
+            if last:
+                return
+            stop.wait(0.5)
+
+    thread = threading.Thread(target=watch, name="demo-watch", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+
+
+def copy_results(dagrun: Any) -> list[tuple[list[str], float | None]]:
+    """Each successful copy task's keys (its return value) and run time, in map order."""
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    results = []
+    with create_session() as session:
+        instances = session.scalars(
+            select(TaskInstance)
+            .where(TaskInstance.dag_id == dagrun.dag_id, TaskInstance.run_id == dagrun.run_id)
+            .where(TaskInstance.task_id == COPY_TASK)
+            .order_by(TaskInstance.map_index)
+        ).all()
+        for ti in instances:
+            row = session.scalars(
+                XComModel.get_many(
+                    run_id=dagrun.run_id,
+                    dag_ids=dagrun.dag_id,
+                    task_ids=COPY_TASK,
+                    map_indexes=ti.map_index,
+                    key="return_value",
+                )
+            ).first()
+            uris = [] if row is None else XComModel.deserialize_value(row) or []
+            if not uris:
+                continue
+            seconds = (ti.end_date - ti.start_date).total_seconds() if ti.start_date and ti.end_date else None
+            results.append(([uri.split("/", 3)[3] for uri in uris], seconds))
+    return results
 
 
 def check_archive(client: Any, bucket: str, manifest: dict[str, Any], emulator: Any) -> list[str]:
@@ -177,6 +332,39 @@ def check_archive(client: Any, bucket: str, manifest: dict[str, Any], emulator: 
         if emulator is not None and digest.hexdigest() != emulator.archive_sha256(stack_id, backup_id):
             problems.append(f"{entry['key']}: bytes differ from backup {backup_id} of {stack_id}")
     return problems
+
+
+TABLE_COLUMNS = ("stack", "db type", "database", "key", "size", "MiB/s", "sha256", "byte-exact")
+
+
+def print_table(report: Report, archives: list[Archive]) -> None:
+    """One row per archived object; MiB/s is the archive's size over its copy task's run time."""
+    rows = []
+    for item in archives:
+        backup = item.manifest["backup"]
+        rate = item.manifest["total_size"] / MiB / item.seconds if item.seconds else None
+        for entry in item.manifest["objects"]:
+            rows.append(
+                (
+                    item.manifest["stack_id"],
+                    backup["db_type"],
+                    backup["database_name"],
+                    entry["key"],
+                    f"{entry['size'] / MiB:.1f} MiB",
+                    "-" if rate is None else f"{rate:.1f}",
+                    entry["sha256"][:12],
+                    "no" if item.problems else "yes",
+                )
+            )
+    widths = [max(len(str(cell)) for cell in column) for column in zip(TABLE_COLUMNS, *rows, strict=False)]
+    right = {4, 5}
+    for cells in (TABLE_COLUMNS, *rows):
+        report.line(
+            "  ".join(
+                str(cell).rjust(width) if index in right else str(cell).ljust(width)
+                for index, (cell, width) in enumerate(zip(cells, widths, strict=True))
+            ).rstrip()
+        )
 
 
 if __name__ == "__main__":

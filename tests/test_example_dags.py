@@ -571,20 +571,81 @@ def test_restore_dag_imports_the_object_and_waits_for_the_imported_backup(
 
 
 # --- 4. the demo ----------------------------------------------------------------------------------
-def test_demo_command_runs_embedded_and_verifies_the_bytes(tmp_path):
+DEMO_TARGETS = (
+    "shop-prod/mysql/shop",
+    "shop-prod/redis/cache",
+    "blog-prod/postgresql/blog",
+    "events-prod/mongodb/events",
+)
+
+
+def run_demo(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW_", "AIRFLOW__", "CLOUD66_"))}
     env["AIRFLOW_HOME"] = str(tmp_path / "airflow-home")
     result = subprocess.run(
-        [sys.executable, "scripts/demo.py", "--fast"],
+        [sys.executable, "scripts/demo.py", "--fast", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
         timeout=280,
     )
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-5000:]
-    assert "Embedded mode: Cloud 66 emulator at http://127.0.0.1:" in result.stdout
-    assert "OK: 4 archives complete and byte-exact." in result.stdout
-    assert "FAIL" not in result.stdout
+    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
     assert (tmp_path / "airflow-home" / "airflow.db").is_file()
+    return result
+
+
+def test_demo_reports_where_things_run_each_archive_and_a_table_and_logs_the_rest(tmp_path):
+    log_file = tmp_path / "demo.log"
+    result = run_demo(tmp_path, "--show-manifest", "--log-file", str(log_file))
+    out = result.stdout
+    assert result.stderr == ""
+    assert "\x1b" not in out  # no terminal colour codes
+    assert "HTTP/1.1" not in out and "[warning" not in out  # no access log, no Airflow internals
+    lines = out.splitlines()
+    assert lines[0].startswith("Cloud 66     the package's emulator at http://127.0.0.1:")
+    assert lines[1].startswith("S3           moto at http://127.0.0.1:")
+    assert lines[2].startswith("Airflow      3.") and lines[2].endswith("dag.test() of cloud66_archive_to_s3")
+    assert (
+        lines[3]
+        == "Targets      4: shop-prod/mysql, shop-prod/redis, blog-prod/postgresql, events-prod/mongodb"
+    )
+    archived = [line.split()[1] for line in lines if line.startswith("  archived  ")]
+    assert sorted(archived) == sorted(DEMO_TARGETS)
+    header = next(i for i, line in enumerate(lines) if line.startswith("stack "))
+    assert [c.strip() for c in lines[header].split("  ") if c.strip()] == [
+        "stack",
+        "db type",
+        "database",
+        "key",
+        "size",
+        "MiB/s",
+        "sha256",
+        "byte-exact",
+    ]
+    rows = [line.split() for line in lines[header + 1 : header + 5]]
+    assert ["/".join(row[:3]) for row in rows] == list(DEMO_TARGETS)
+    for row in rows:
+        stack, db_type, database, key, size, unit, rate, sha, exact = row
+        assert key.startswith(f"cloud66/{stack}/{db_type}/{database}/") and key.endswith(".tar")
+        assert unit == "MiB" and float(size) > 0 and float(rate) > 0
+        assert len(sha) == 12 and exact == "yes"
+    # --show-manifest: the first archive's manifest, whole, as JSON
+    start = next(i for i, line in enumerate(lines) if line.endswith("/manifest.json:"))
+    end = lines.index("}", start)
+    manifest = json.loads("\n".join(lines[start + 1 : end + 1]))
+    assert lines[start] == f"{rows[0][3].rsplit('/', 1)[0]}/manifest.json:"
+    assert manifest["objects"][0]["key"] == rows[0][3]
+    assert manifest["objects"][0]["sha256"].startswith(rows[0][7])
+    assert lines[-2:] == ["OK: 4 archives complete and byte-exact.", f"Full log: {log_file}"]
+    assert "FAIL" not in out
+    logged = log_file.read_text()
+    assert '"PUT /demo-lake-' in logged and "HTTP/1.1" in logged  # the S3 server's access log went here
+
+
+def test_demo_verbose_shows_everything_on_the_terminal(tmp_path):
+    result = run_demo(tmp_path, "--verbose")
+    output = result.stdout + result.stderr
+    assert "HTTP/1.1" in output  # the S3 server's access log
+    assert "Full log:" not in output
+    assert result.stdout.splitlines()[-1] == "OK: 4 archives complete and byte-exact."
