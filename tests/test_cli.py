@@ -171,6 +171,11 @@ def test_a_template_prefix_is_the_whole_key_prefix(emu, s3_server, s3_client, s3
     ]
 
 
+@pytest.mark.reliability(
+    area="worker",
+    fault="Ctrl-C (SIGINT) during a copy started from the command line",
+    outcome="aborted, nothing left",
+)
 def test_ctrl_c_aborts_the_upload_and_leaves_nothing(
     cloud66_emulator_factory, s3_server, s3_client, s3_bucket
 ):
@@ -340,6 +345,11 @@ def test_verify_passes_an_intact_archive_and_fails_a_changed_one(emu, s3_server,
         (["list", "stack-1", "--limit", "0"], "--limit: "),
         (["verify", "s3://bucket"], "archive: must name a key under the bucket"),
     ],
+)
+@pytest.mark.reliability(
+    area="bad input",
+    fault="a command-line option out of range or malformed",
+    outcome="refused before any request",
 )
 def test_bad_input_exits_2_naming_the_option_before_any_request(emu, capsys, args, message):
     emu.clear_requests()
