@@ -438,3 +438,18 @@ def test_every_user_facing_argument_is_templated():
         "settle_seconds",
         "cloud66_conn_id",
     }
+
+
+# --- the posted job kept in the task state store ------------------------------------------------------
+def test_posted_job_round_trips_and_refuses_unreadable_state() -> None:
+    from airflow_provider_c66.operators.backups import PostedJob
+    from airflow_provider_c66.watermark import ANY_TYPE, BackupWait, Watermark
+
+    wait = BackupWait(stack_id="stack-1", marks={ANY_TYPE: Watermark(after_id=7)}, db_type="mysql")
+    for job in (PostedJob("queued", wait), PostedJob("queued")):
+        raw = json.loads(json.dumps(job.to_json()))  # as the task state store keeps it
+        assert PostedJob.from_json(raw) == job
+    assert PostedJob("queued").to_json() == {"message": "queued", "wait": None}
+    for junk in (None, "queued", {"wait": None}):
+        with pytest.raises(AirflowException, match="Unreadable Cloud 66 task state"):
+            PostedJob.from_json(junk)

@@ -403,3 +403,28 @@ def test_an_unexpected_error_quoting_a_signed_url_ends_with_a_redacted_error(
     assert event["message"].startswith("Stopped waiting for a Cloud 66 backup of ")
     assert "ValueError: cannot read https://files.example/b.tar?" in event["message"]
     assert "f00dfeed" not in event["message"] and "AKIDEXAMPLE" not in event["message"]
+
+
+# --- deferring: the one helper the sensor and the operators use ---------------------------------------
+@pytest.mark.parametrize(("timeout", "interval", "backstop"), [(600, 20, 660), (600, 100, 800)])
+def test_defer_task_hands_over_the_trigger_and_a_later_backstop(timeout, interval, backstop) -> None:
+    from airflow_provider_c66.watermark import BackupWait
+
+    calls: list[dict[str, Any]] = []
+
+    class Task:
+        def defer(self, **kwargs: Any) -> None:
+            calls.append(kwargs)
+
+    wait = BackupWait.from_json({"stack_id": "stack-1", "marks": OPEN, "db_type": "redis", "group": None})
+    before = time.time()
+    Cloud66BackupTrigger.defer_task(
+        Task(), wait, timeout=timeout, poll_interval=interval, cloud66_conn_id="c66"
+    )
+    (call,) = calls
+    assert set(call) == {"trigger", "method_name", "timeout"}
+    assert call["method_name"] == "execute_complete"
+    assert call["timeout"] == timedelta(seconds=backstop)
+    trigger = call["trigger"]
+    assert trigger.wait == wait and trigger.poll_interval == interval and trigger.cloud66_conn_id == "c66"
+    assert before + timeout <= trigger.end_time <= time.time() + timeout

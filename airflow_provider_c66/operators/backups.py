@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import timedelta
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 from urllib.parse import urlsplit
@@ -30,7 +30,32 @@ from airflow_provider_c66.watermark import BackupWait, Verdict
 DEFAULT_TIMEOUT = 24 * 60 * 60.0
 """How long a wait lasts by default: a new task's first scheduled run may be up to its cron period away."""
 
-_NOT_YET: Any = object()
+
+@dataclass(frozen=True)
+class PostedJob:
+    """What a POST left behind, kept in the task state store (``cloud66_backup_post``) so a retry
+    resumes instead of POSTing again: the API's message, and the watermark to wait past (None when
+    the task does not wait)."""
+
+    message: str
+    wait: BackupWait | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"message": self.message, "wait": self.wait.to_json() if self.wait else None}
+
+    @classmethod
+    def from_json(cls, raw: Any) -> PostedJob:
+        if not isinstance(raw, dict) or "message" not in raw:
+            raise AirflowException(f"Unreadable Cloud 66 task state {raw!r:.200}")
+        wait = raw.get("wait")
+        return cls(message=str(raw["message"]), wait=BackupWait.from_json(wait) if wait else None)
+
+
+@dataclass(frozen=True)
+class _Finished:
+    """The task's result once the wait is over (it may be None, so it is boxed)."""
+
+    value: Any
 
 
 @contextmanager
@@ -77,7 +102,7 @@ class _BackupPostOperator(ResumableJobMixin, BaseOperator):  # type: ignore[misc
         self.cloud66_conn_id = cloud66_conn_id
         self.deferrable = deferrable
         self._verdict: Verdict | None = None
-        self._result: Any = _NOT_YET
+        self._finished: _Finished | None = None
 
     # --- what subclasses say ----------------------------------------------------------------------
     def validate(self) -> None:
@@ -121,7 +146,7 @@ class _BackupPostOperator(ResumableJobMixin, BaseOperator):  # type: ignore[misc
             raise AirflowFailException(result.message)
         raise AirflowException(result.message)
 
-    # --- ResumableJobMixin: the "job" is {"message": ..., "wait": BackupWait JSON or None} ----------
+    # --- ResumableJobMixin: the "job" is a PostedJob, as JSON -------------------------------------
     def submit_job(self, context: Context) -> dict[str, Any]:
         wait = self.take_watermark() if self.wait_for_completion else None
         if wait is not None:
@@ -129,11 +154,11 @@ class _BackupPostOperator(ResumableJobMixin, BaseOperator):  # type: ignore[misc
         with post_once():
             message = self.post()
         self.log.info("Cloud 66 answered: %s", message)
-        return {"message": message, "wait": wait.to_json() if wait else None}
+        return PostedJob(message, wait).to_json()
 
     def get_job_status(self, external_id: Any, context: Context) -> str:
         self.log.info("Already POSTed in an earlier try; not POSTing again")
-        wait = _wait_of(external_id)
+        wait = PostedJob.from_json(external_id).wait
         if wait is None:
             return "success"
         self._verdict = watermark.poll(self.hook, wait, self.log)
@@ -147,31 +172,30 @@ class _BackupPostOperator(ResumableJobMixin, BaseOperator):  # type: ignore[misc
         return status == "success"
 
     def poll_until_complete(self, external_id: Any, context: Context) -> Any:
-        self._result = self._await(external_id)
-        return self._result
+        self._finished = _Finished(self._await(PostedJob.from_json(external_id)))
+        return self._finished.value
 
     def get_job_result(self, external_id: Any, context: Context) -> Any:
-        if self._result is not _NOT_YET:
-            return self._result
-        wait = _wait_of(external_id)  # an earlier try POSTed and the backups have arrived since
-        if wait is None or self._verdict is None:
-            return _message_of(external_id)
-        return self._finish(wait, self._verdict)
+        if self._finished is not None:
+            return self._finished.value
+        job = PostedJob.from_json(external_id)  # an earlier try POSTed and the backups have arrived since
+        if job.wait is None or self._verdict is None:
+            return job.message
+        return self._finish(job.wait, self._verdict)
 
     # --- waiting ----------------------------------------------------------------------------------
-    def _await(self, external_id: Any) -> Any:
-        wait = _wait_of(external_id)
+    def _await(self, job: PostedJob) -> Any:
+        wait = job.wait
         if wait is None:
-            return _message_of(external_id)
+            return job.message
         if self.deferrable:
-            trigger = Cloud66BackupTrigger.for_wait(
+            Cloud66BackupTrigger.defer_task(
+                self,
                 wait,
                 timeout=self.timeout,
                 poll_interval=self.poll_interval,
                 cloud66_conn_id=self.cloud66_conn_id,
             )
-            backstop = timedelta(seconds=self.timeout + max(60.0, 2 * self.poll_interval))
-            self.defer(trigger=trigger, method_name="execute_complete", timeout=backstop)
         deadline = time.monotonic() + self.timeout
         while True:
             verdict = watermark.poll(self.hook, wait, self.log)
@@ -189,17 +213,6 @@ class _BackupPostOperator(ResumableJobMixin, BaseOperator):  # type: ignore[misc
             raise AirflowFailException(message)
         self.log.info("%s", message)
         return self.result_of(verdict.backups)
-
-
-def _wait_of(external_id: Any) -> BackupWait | None:
-    if not isinstance(external_id, dict) or "message" not in external_id:
-        raise AirflowException(f"Unreadable Cloud 66 task state {external_id!r:.200}")
-    raw = external_id.get("wait")
-    return BackupWait.from_json(raw) if raw else None
-
-
-def _message_of(external_id: Any) -> str:
-    return str(external_id.get("message", ""))
 
 
 class Cloud66CreateBackupOperator(_BackupPostOperator):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from functools import cached_property
 from typing import Any
 
@@ -142,12 +142,13 @@ class Cloud66BackupSensor(BaseSensorOperator):  # type: ignore[misc]
         result = self._judge(wait, watermark.poll(self.hook, wait, self.log))
         if result:
             return result.xcom_value
-        trigger = Cloud66BackupTrigger.for_wait(
-            wait, timeout=self.timeout, poll_interval=self.poke_interval, cloud66_conn_id=self.cloud66_conn_id
+        Cloud66BackupTrigger.defer_task(
+            self,
+            wait,
+            timeout=self.timeout,
+            poll_interval=self.poke_interval,
+            cloud66_conn_id=self.cloud66_conn_id,
         )
-        # The trigger ends the wait with a clear "timeout" event; Airflow's deferral timeout is a backstop.
-        backstop = timedelta(seconds=self.timeout + max(60.0, 2 * self.poke_interval))
-        self.defer(trigger=trigger, method_name="execute_complete", timeout=backstop)
 
     def poke(self, context: Context) -> PokeReturnValue | bool:
         wait = self._wait or self.build_wait(context)

@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Literal
 
 from airflow.providers.common.compat.sdk import AirflowException
@@ -109,6 +110,21 @@ class Cloud66BackupTrigger(BaseTrigger):  # type: ignore[misc]
             poll_interval=poll_interval,
             cloud66_conn_id=cloud66_conn_id,
         )
+
+    @classmethod
+    def defer_task(
+        cls, task: Any, wait: BackupWait, *, timeout: float, poll_interval: float, cloud66_conn_id: str
+    ) -> None:
+        """Defer ``task`` to the trigger for ``wait``; it resumes in ``execute_complete``.
+
+        The trigger ends the wait with a clear ``timeout`` event; Airflow's deferral timeout is only
+        a backstop, a little later, for a trigger that never fires.
+        """
+        trigger = cls.for_wait(
+            wait, timeout=timeout, poll_interval=poll_interval, cloud66_conn_id=cloud66_conn_id
+        )
+        backstop = timedelta(seconds=timeout + max(60.0, 2 * poll_interval))
+        task.defer(trigger=trigger, method_name="execute_complete", timeout=backstop)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
