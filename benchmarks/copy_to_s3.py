@@ -1,6 +1,7 @@
 """Benchmark: Cloud66BackupToS3Operator against its limits, the naive HttpToS3Operator copy and the peers.
 
     .venv/bin/python benchmarks/copy_to_s3.py [--scenario all|loopback|wan] [--quick] [--json F]
+        [--charts DIR | --no-charts]
         [--size-mib 1024] [--big-size-mib 4096] [--wan-size-mib 512] [--cap-mib 16] [--rtt-ms 30]
 
 This process serves generated backups from Cloud66Emulator instances and starts a disk-backed
@@ -11,7 +12,10 @@ S3-protocol server (``nanio``) on 127.0.0.1. Two scenarios:
   connections under the emulator's own per-connection cap, and a resume after a kill.
 * ``wan``: the emulator (API and signed URLs) and the S3 server each behind a throttling TCP proxy
   (``throttle_proxy.py``: every connection capped at ``--cap-mib`` MiB/s each way, ``--rtt-ms`` round
-  trip), the proxy checked first; the operator, its limits and the peers copy the same backup.
+  trip), the proxy checked first; the operator, its limits and the peers copy the same backup, and the
+  operator again at each ``max_concurrency`` of ``WAN_SWEEP``.
+
+At the end it draws PNG charts of both (``charts.py``) into docs/bench, or ``--charts DIR``.
 
 The peers are ``curl URLs | aws s3 cp -``, ``curl URLs | s5cmd pipe``, ``curl URLs | rclone rcat`` and
 the HttpToS3Operator-style naive copy; one that is not installed is reported as missing, with why
@@ -60,6 +64,9 @@ STAGGER = 0.01
 HERE = Path(__file__).resolve().parent
 PEERS_DIR = HERE / ".peers"  # make bench installs awscli and s5cmd here (benchmarks/.gitignore)
 PEERS = ("aws", "s5cmd", "rclone", "naive")
+# WAN: the operator again at these max_concurrency settings, against what their connections could carry.
+WAN_SWEEP = (1, 2, 4, 8)
+CHARTS_DIR = HERE.parent / "docs" / "bench"  # where make bench leaves its PNGs (README, Performance)
 Result = dict[str, Any]
 
 
@@ -873,7 +880,29 @@ def wan_scenario(
         peer_results = run_peers(
             bench, contenders, " (WAN)", size, sha, files(emu, backup_id), endpoint, aws_conn="aws_wan"
         )
-    return {"runs": r, "peers": peer_results, "naive_fits": fits, "proxy_check": check, "split": split}
+        # Each connection is capped, so c parts in flight could carry c x cap: how close does each c get?
+        sweep = [
+            r["operator"]
+            if parts == CONCURRENCY
+            else bench.run(
+                f"operator (WAN, c={parts})",
+                "operator",
+                size,
+                sha,
+                backup_id=backup_id,
+                concurrency=parts,
+                **wan,
+            )
+            for parts in WAN_SWEEP
+        ]
+    return {
+        "runs": r,
+        "peers": peer_results,
+        "naive_fits": fits,
+        "proxy_check": check,
+        "split": split,
+        "sweep": sweep,
+    }
 
 
 # --- the report -----------------------------------------------------------------------------------------
@@ -1095,11 +1124,12 @@ def report_wan(
     )
     print("(CPU s: of the task process (a peer: its whole pipeline, start-up included), the S3 server, the")
     print(" emulator and both proxies)")
-    print_runs([*r.values(), *peers.values()])
+    sweep = [res for res in w["sweep"] if res is not r["operator"]]
+    print_runs([*r.values(), *peers.values(), *sweep])
     busiest = max(
         (
             (name, res, cpu / res["seconds"])
-            for res in [*r.values(), *peers.values()]
+            for res in [*r.values(), *peers.values(), *sweep]
             for name, cpu in res["proxy_cpu"].items()
         ),
         key=lambda item: item[2],
@@ -1112,6 +1142,14 @@ def report_wan(
     link = CONCURRENCY * cap
     print(f"  the link: {CONCURRENCY} connections x {cap:g} MiB/s = {link:g} MiB/s;", end="")
     print(f" download-only {r['download']['mib_s']:.1f}, upload-only {r['upload']['mib_s']:.1f} MiB/s")
+    print(f"\noperator by max_concurrency, WAN ({cap:g} MiB/s a connection)")
+    print(f"  {'max_concurrency':<17}{'MiB/s':>7}{'c x cap':>9}{'share':>7}{'peak RSS':>10}")
+    for res in w["sweep"]:
+        could = res["concurrency"] * cap
+        print(
+            f"  {res['concurrency']:<17}{res['mib_s']:>7.1f}{could:>9.0f}{res['mib_s'] / could:>7.2f}"
+            f"{res['peak_rss'] / MiB:>6.0f} MiB"
+        )
     floor = 0.9 * cap
     checks: list[Goal] = [
         (
@@ -1186,6 +1224,14 @@ def main(argv: list[str] | None = None) -> int:
         help="smoke run: loopback 64/128 MiB in 16 MiB splits, 1 repeat; WAN 48 MiB",
     )
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--charts",
+        type=Path,
+        metavar="DIR",
+        help=f"write the PNG charts here ({CHARTS_DIR.relative_to(HERE.parent)} under the repository;"
+        " a --quick run writes none unless given)",
+    )
+    parser.add_argument("--no-charts", action="store_true", help="write no charts")
     args = parser.parse_args(argv)
     if args.quick:
         args.size_mib, args.big_size_mib, args.capped_size_mib, args.split_mib = 64, 128, 32, 16
@@ -1270,7 +1316,27 @@ def main(argv: list[str] | None = None) -> int:
                     ]
         figures["load_after"] = os.getloadavg()
         args.json.write_text(json.dumps(figures, indent=2))
+    if args.charts is None and args.quick and not args.no_charts:  # its figures say nothing
+        print("\ncharts: none from a --quick run, the committed ones stay (--charts DIR writes them)")
+    elif not args.no_charts:
+        write_charts(figures, args.charts or CHARTS_DIR)
     return 0
+
+
+def write_charts(figures: dict[str, Any], directory: Path) -> None:
+    """The PNGs (charts.py); without matplotlib (the bench extra) the run still stands, without them."""
+    import charts  # benchmarks/charts.py, beside this script (its directory is on sys.path)
+
+    try:
+        written = charts.write_charts(figures, directory)
+    except ImportError as error:
+        print(
+            f"charts skipped: {error} (the bench extra: .venv/bin/uv pip install -p .venv/bin/python"
+            " -e '.[dev,bench]')",
+            file=sys.stderr,
+        )
+        return
+    print(f"\ncharts: {', '.join(str(chart.path) for chart in written)}")
 
 
 if __name__ == "__main__":
