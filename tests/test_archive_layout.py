@@ -67,3 +67,35 @@ def test_manifest_matches_only_the_same_archive():
     assert not archive.manifest_matches(document, "other", 42, ["p/db.tar"])
     assert not archive.manifest_matches(document, "stk", 42, ["p/other.tar"])
     assert not archive.manifest_matches({"format": 1}, "stk", 42, ["p/db.tar"])
+
+
+def test_asset_extra_carries_the_backup_the_objects_figures_and_the_manifest():
+    backup = Backup(
+        id=41,
+        db_type="postgresql",
+        database_name="ledger",
+        backup_date=datetime(2026, 12, 5, 1, 2, 3, tzinfo=UTC),
+        status=BackupStatus.OK,
+    )
+    manifest = {
+        "objects": [
+            {"key": "p/41/ledger.tar-aa", "size": 10, "sha256": "a" * 64},
+            {"key": "p/41/ledger.tar-ab", "size": 3, "sha256": "b" * 64},
+        ]
+    }
+    assert archive.asset_extra("stack-9", backup, "p/41/manifest.json", manifest, "p/41/ledger.tar-ab") == {
+        "stack_id": "stack-9",
+        "backup_id": 41,
+        "db_type": "postgresql",
+        "database_name": "ledger",
+        "backup_date": "2026-12-05T01:02:03Z",
+        "size": 3,
+        "sha256": "b" * 64,
+        "manifest_key": "p/41/manifest.json",
+    }
+    unlisted = archive.asset_extra("stack-9", backup, "p/41/manifest.json", {}, "p/41/other")
+    assert (unlisted["size"], unlisted["sha256"], unlisted["manifest_key"]) == (
+        None,
+        None,
+        "p/41/manifest.json",
+    )

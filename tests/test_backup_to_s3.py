@@ -343,7 +343,16 @@ def test_written_objects_are_announced_as_assets(emu, s3_client, s3_bucket, aws_
     with create_session() as session:
         events = [e for e in session.scalars(select(AssetEvent)) if e.asset.uri == uri]
         assert len(events) == 1
-        assert events[0].extra == {"stack_id": "stack-1", "backup_id": bid, "db_type": "mysql"}
+        assert events[0].extra == {
+            "stack_id": "stack-1",
+            "backup_id": bid,
+            "db_type": "mysql",
+            "database_name": "app_db",
+            "backup_date": "2026-03-04T05:06:07Z",
+            "size": 2048,
+            "sha256": emu.archive_sha256("stack-1", bid),
+            "manifest_key": f"cloud66/stack-1/mysql/app_db/2026/03/04/{bid}/manifest.json",
+        }
         alias = session.scalar(
             select(AssetAliasModel).where(AssetAliasModel.name == "cloud66-backup-archives")
         )

@@ -34,6 +34,7 @@ DAG_FOLDER = ROOT / "example_dags"
 ARCHIVE = "cloud66_archive_to_s3"
 SETUP = "cloud66_setup_backup_tasks"
 RESTORE = "cloud66_restore_from_s3"
+VERIFY = "cloud66_verify_new_archives"
 MiB = 1024 * 1024
 OLD = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -106,7 +107,7 @@ def file_requests_of(emu: Any, stack: str, backup_id: int) -> list[Any]:
 
 
 # --- 1. integrity ---------------------------------------------------------------------------------
-def test_dagbag_has_the_three_dags_without_import_errors():
+def test_dagbag_has_the_four_dags_without_import_errors():
     try:
         from airflow.dag_processing.dagbag import DagBag
     except ImportError:  # Airflow < 3.2
@@ -118,7 +119,7 @@ def test_dagbag_has_the_three_dags_without_import_errors():
     bag = DagBag(**kwargs)
 
     assert bag.import_errors == {}
-    assert sorted(bag.dag_ids) == [ARCHIVE, RESTORE, SETUP]
+    assert sorted(bag.dag_ids) == [ARCHIVE, RESTORE, SETUP, VERIFY]
     for dag_id in bag.dag_ids:
         dag = bag.dags[dag_id]
         assert Path(dag.fileloc) == DAG_FOLDER / f"{dag_id}.py"
@@ -127,10 +128,11 @@ def test_dagbag_has_the_three_dags_without_import_errors():
         assert doc and "Use it" in doc and "Connections:" in doc, dag_id
         # The docstring names every connection the DAG's tasks use.
         conn_ids = {
-            getattr(task, attr)
+            value
             for task in dag.tasks
             for attr in ("cloud66_conn_id", "aws_conn_id")
-            if getattr(task, attr, None)
+            # a mapped task keeps its fixed arguments in partial_kwargs
+            if (value := getattr(task, attr, None) or getattr(task, "partial_kwargs", {}).get(attr))
         }
         assert conn_ids, dag_id
         for conn_id in conn_ids:
@@ -138,6 +140,8 @@ def test_dagbag_has_the_three_dags_without_import_errors():
         assert "cloud66" in dag.tags and len(dag.tags) >= 2, dag_id
     assert bag.dags[ARCHIVE].schedule == "@daily"
     assert bag.dags[SETUP].schedule is None and bag.dags[RESTORE].schedule is None
+    schedule = bag.dags[VERIFY].timetable.asset_condition.objects
+    assert [(type(o).__name__, o.name) for o in schedule] == [("AssetAlias", "cloud66-backup-archives")]
 
 
 # --- 2. import time -------------------------------------------------------------------------------
@@ -207,7 +211,7 @@ def test_parsing_the_example_dags_touches_no_network_and_no_boto3():
         attempts.clear()
 
         dag_ids = {{}}
-        for name in ("{ARCHIVE}", "{SETUP}", "{RESTORE}"):
+        for name in ("{ARCHIVE}", "{SETUP}", "{RESTORE}", "{VERIFY}"):
             namespace = runpy.run_path("example_dags/" + name + ".py", run_name="parsed_" + name)
             dag_ids[name] = namespace["dag"].dag_id
         heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("boto3", "botocore", "aiobotocore"))
@@ -217,7 +221,7 @@ def test_parsing_the_example_dags_touches_no_network_and_no_boto3():
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report == {
-        "dag_ids": {ARCHIVE: ARCHIVE, SETUP: SETUP, RESTORE: RESTORE},
+        "dag_ids": {ARCHIVE: ARCHIVE, SETUP: SETUP, RESTORE: RESTORE, VERIFY: VERIFY},
         "attempts": [],
         "heavy": [],
     }
@@ -568,6 +572,111 @@ def test_restore_dag_imports_the_object_and_waits_for_the_imported_backup(
     assert imported != earlier
     assert emu.group_of("shop-prod", imported) == 3
     assert xcom_value(dagrun, "wait_for_imported_backup") == record(emu, imported, "shop-prod")
+
+
+def test_verify_dag_verifies_the_archives_its_asset_events_name_without_an_api_call(
+    archive_emu, s3_client, s3_bucket, aws_connection, run_dag, monkeypatch
+):
+    import airflow.models.dagrun as dagrun_module
+    from airflow.models.asset import AssetEvent
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    emu = archive_emu
+    now = datetime.now(UTC)
+    sizes = {("shop-prod", "mysql"): MiB + 17, ("events-prod", "mongodb"): 6 * MiB + 5}  # the second is split
+    wanted = {
+        (stack, db_type): emu.add_backup(
+            stack, db_type=db_type, database_name=name, size=sizes[stack, db_type], backup_date=now
+        )
+        for stack, db_type, name in (("shop-prod", "mysql", "shop"), ("events-prod", "mongodb", "events"))
+    }
+    set_targets(monkeypatch, list(wanted))
+    archived = run_dag(load_dag(ARCHIVE), run_conf={"s3_bucket": s3_bucket})
+    assert archived.state == "success"
+
+    # Each object's event carries the archive, as Airflow stored it.
+    expected, manifests = {}, {}
+    for (stack, db_type), bid in wanted.items():
+        key, manifest_key = archive_key(emu, stack, bid)
+        raw = next(r for r in emu.backups(stack) if r["id"] == bid)
+        manifests[f"s3://{s3_bucket}/{manifest_key}"] = (f"s3://{s3_bucket}/{key}", stack, bid)
+        expected[f"s3://{s3_bucket}/{key}"] = {
+            "stack_id": stack,
+            "backup_id": bid,
+            "db_type": db_type,
+            "database_name": raw["database_name"],
+            "backup_date": raw["backup_date_iso"],
+            "size": sizes[stack, db_type],
+            "sha256": emu.archive_sha256(stack, bid),
+            "manifest_key": manifest_key,
+        }
+    with create_session() as session:
+        events = session.scalars(select(AssetEvent).where(AssetEvent.source_run_id == archived.run_id)).all()
+        assert {e.asset.uri: e.extra for e in events} == expected
+        assert len(events) == 2
+
+    # The asset-triggered run: the scheduler attaches the events it consumes to the new run
+    # (DagRun.consumed_asset_events); here the test does that one step, and Airflow the rest.
+    create = dagrun_module.get_or_create_dagrun
+
+    def consuming_the_events(**kwargs: Any) -> Any:
+        dagrun = create(**kwargs)
+        session = kwargs["session"]
+        dagrun.consumed_asset_events.extend(
+            session.scalars(select(AssetEvent).where(AssetEvent.source_run_id == archived.run_id))
+        )
+        session.commit()
+        return dagrun
+
+    monkeypatch.setattr(dagrun_module, "get_or_create_dagrun", consuming_the_events)
+    emu.clear_requests()
+    verified = run_dag(load_dag(VERIFY))
+
+    assert verified.state == "success"
+    assert emu.requests == []  # everything came from the events and S3
+    uris = xcom_value(verified, "new_archives")
+    assert sorted(uris) == sorted(manifests)
+    for index, uri in enumerate(uris):
+        object_uri, stack, bid = manifests[uri]
+        assert xcom_value(verified, "verify", index) == {
+            "manifest": uri,
+            "objects": 1,
+            "bytes": emu.archive_size(stack, bid),
+            "sha256": {object_uri: emu.archive_sha256(stack, bid)},
+        }
+
+    # A manual run has no events: nothing to verify, and nothing fails.
+    monkeypatch.setattr(dagrun_module, "get_or_create_dagrun", create)
+    manual = run_dag(load_dag(VERIFY))
+    assert manual.state == "success"
+    assert xcom_value(manual, "new_archives") == []
+    assert states(manual) == {("new_archives", -1): "success", ("verify", -1): "skipped"}
+
+
+def test_manifests_of_names_each_archive_once_and_falls_back_to_the_object():
+    module = importlib.util.module_from_spec(
+        spec := importlib.util.spec_from_file_location("verify_dag", DAG_FOLDER / f"{VERIFY}.py")
+    )
+    assert spec.loader is not None
+    spec.loader.exec_module(module)
+
+    class Event:
+        def __init__(self, uri: str, extra: dict[str, Any] | None) -> None:
+            self.asset = type("AssetRef", (), {"uri": uri})()
+            self.extra = extra
+
+    events = [
+        Event("s3://lake/a/1/db.tar-aa", {"manifest_key": "a/1/manifest.json"}),  # join_parts=False: one
+        Event("s3://lake/a/1/db.tar-ab", {"manifest_key": "a/1/manifest.json"}),  # event per object
+        Event("s3://lake/b/2/other.tar", None),  # not this operator's: the object itself
+        Event("s3://lake/c/3/x.tar", {"manifest_key": ""}),
+    ]
+    assert module.manifests_of(events) == [
+        "s3://lake/a/1/manifest.json",
+        "s3://lake/b/2/other.tar",
+        "s3://lake/c/3/x.tar",
+    ]
 
 
 # --- 4. the demo ----------------------------------------------------------------------------------

@@ -247,3 +247,22 @@ def build_catalog_record(
         "archived_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
     }
     return json.dumps(record, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+
+
+def asset_extra(
+    stack_id: str, backup: Backup, manifest_key: str, manifest: Mapping[str, Any], key: str
+) -> dict[str, Any]:
+    """The extra of an archived object's asset event: the backup, the object's size and SHA-256 (from
+    the manifest, None if it does not list the key) and where the manifest is, so a downstream DAG
+    (a verification, a restore drill, a catalogue update) needs no API call."""
+    entry: Mapping[str, Any] = next((o for o in manifest.get("objects", []) if o.get("key") == key), {})
+    return {
+        "stack_id": stack_id,
+        "backup_id": backup.id,
+        "db_type": backup.db_type,
+        "database_name": backup.database_name,
+        "backup_date": backup.backup_date.isoformat().replace("+00:00", "Z"),
+        "size": entry.get("size"),
+        "sha256": entry.get("sha256"),
+        "manifest_key": manifest_key,
+    }

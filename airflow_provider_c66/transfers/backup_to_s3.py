@@ -600,12 +600,21 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
     ) -> list[str]:
         """The archive is complete: tidy its keys, make sure the catalogue lists it, announce it."""
         self._abort_leftover_uploads(client, bucket, list(plan))
+        manifest_key = prefix + archive.MANIFEST_NAME
+        document = read_manifest(client, bucket, manifest_key) or {}
         if self.catalog_prefix is not None:
-            self._catalogue(client, bucket, prefix, stack, backup, extra)
-        return self._announce(context, bucket, keys, backup, stack)
+            self._catalogue(client, bucket, manifest_key, document, stack, backup, extra)
+        return self._announce(context, bucket, keys, manifest_key, document, backup, stack)
 
     def _catalogue(
-        self, client: Any, bucket: str, prefix: str, stack: str, backup: Backup, extra: Mapping[str, Any]
+        self,
+        client: Any,
+        bucket: str,
+        manifest_key: str,
+        document: Mapping[str, Any],
+        stack: str,
+        backup: Backup,
+        extra: Mapping[str, Any],
     ) -> None:
         """Write the archive's catalogue record unless it exists; read from what S3 holds (the
         manifest, and the first object's storage class and lock), so it agrees with the lake."""
@@ -614,8 +623,6 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
         key = archive.catalog_key(archive.check_catalog_prefix(self.catalog_prefix), stack, backup)
         if head_object(client, bucket, key) is not None:
             return
-        manifest_key = prefix + archive.MANIFEST_NAME
-        document = read_manifest(client, bucket, manifest_key) or {}
         objects = [
             ArchivedObject(key=o["key"], size=int(o["size"]), etag="", sha256=str(o["sha256"]), sources=())
             for o in document.get("objects", [])
@@ -651,16 +658,25 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
             return
         self.log.info("Catalogued the archive as s3://%s/%s", bucket, key)
 
-    def _announce(self, context: Any, bucket: str, keys: list[str], backup: Backup, stack: str) -> list[str]:
+    def _announce(
+        self,
+        context: Any,
+        bucket: str,
+        keys: list[str],
+        manifest_key: str,
+        document: Mapping[str, Any],
+        backup: Backup,
+        stack: str,
+    ) -> list[str]:
+        """One asset event per object, carrying what a downstream DAG needs without an API call."""
         uris = [archive.s3_uri(bucket, key) for key in keys]
         if self.asset_alias:
             from airflow.providers.common.compat.sdk import Asset
 
             events = context["outlet_events"][AssetAlias(name=self.asset_alias)]
-            for uri in uris:
+            for uri, key in zip(uris, keys, strict=True):
                 events.add(
-                    Asset(uri=uri),
-                    extra={"stack_id": stack, "backup_id": backup.id, "db_type": backup.db_type},
+                    Asset(uri=uri), extra=archive.asset_extra(stack, backup, manifest_key, document, key)
                 )
         return uris
 
