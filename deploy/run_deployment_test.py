@@ -41,6 +41,10 @@ from typing import Any, TypeVar
 ROOT = Path(__file__).resolve().parent.parent
 DAG_FILE = ROOT / "example_dags" / "cloud66_archive_to_s3.py"
 DAG_ID = "cloud66_archive_to_s3"
+# Scheduled on the archive operator's asset alias: the scheduler runs it as archives land.
+VERIFY_DAG_FILE = ROOT / "example_dags" / "cloud66_verify_new_archives.py"
+VERIFY_DAG_ID = "cloud66_verify_new_archives"
+VERIFY_TIMEOUT = 240.0  # seconds from the end of the archive run to the last verification
 SENSOR, COPY = "archive.wait_for_backup", "archive.copy_to_s3"
 TRIGGER_CLASS = "airflow_provider_c66.triggers.backups.Cloud66BackupTrigger"
 PAIRS = 20
@@ -306,7 +310,8 @@ def main() -> int:
             print(f"FAIL: {problem}")
         if not problems:
             print(
-                f"DEPLOYMENT TEST OK: {PAIRS} archives byte-exact, {PAIRS} sensors deferred, requests within budget."
+                f"DEPLOYMENT TEST OK: {PAIRS} archives byte-exact, {PAIRS} sensors deferred, requests within budget, "
+                f"{PAIRS} archives verified by the asset-triggered DAG."
             )
     finally:
         if args.keep:
@@ -370,6 +375,7 @@ def deploy_and_check(work: Path, procs: Processes) -> list[str]:
     home.mkdir()
     dags.mkdir()
     shutil.copy(DAG_FILE, dags / DAG_FILE.name)
+    shutil.copy(VERIFY_DAG_FILE, dags / VERIFY_DAG_FILE.name)
     api_port = free_port()
     env = {
         **base_env,
@@ -422,7 +428,14 @@ def deploy_and_check(work: Path, procs: Processes) -> list[str]:
         240,
         procs,
     )
-    lap("Airflow up, DAG parsed")
+    wait_for(
+        f"the DAG processor to parse {VERIFY_DAG_ID}",
+        lambda: first(db.rows("SELECT dag_id FROM dag WHERE dag_id=%s", VERIFY_DAG_ID)),
+        120,
+        procs,
+    )
+    run([AIRFLOW, "dags", "unpause", VERIFY_DAG_ID], env, logs / "cli.log", timeout=180)
+    lap("Airflow up, DAGs parsed")
 
     # Trigger for the next scheduled logical date, so that unpausing creates no scheduled run beside ours.
     run_id = f"deployment_test__{int(time.time())}"
@@ -483,8 +496,33 @@ def deploy_and_check(work: Path, procs: Processes) -> list[str]:
     )
     lap("backups released -> run finished")
 
+    def all_verified() -> dict[str, Any]:
+        """Every archive verified by asset-triggered runs of the verify DAG, each run over."""
+        runs = db.rows("SELECT run_type, state FROM dag_run WHERE dag_id=%s", VERIFY_DAG_ID)
+        queued = db.rows("SELECT count(*) FROM asset_dag_run_queue WHERE target_dag_id=%s", VERIFY_DAG_ID)
+        verify = Counter(
+            str(row[0])
+            for row in db.rows(
+                "SELECT state FROM task_instance WHERE dag_id=%s AND task_id='verify'", VERIFY_DAG_ID
+            )
+        )
+        seen = (
+            f"runs {Counter(map(tuple, runs))}, verify tasks {dict(verify)}, {queued[0][0]} event(s) queued"
+        )
+        if queued[0][0] or any(state not in ("success", "failed") for _, state in runs):
+            raise NotYet(seen)
+        if any(state == "failed" for _, state in runs) or set(verify) - {"success"}:
+            raise Failure(f"the verify DAG did not verify every archive: {seen}")
+        if verify["success"] < PAIRS:
+            raise NotYet(seen)
+        return {"runs": Counter(map(tuple, runs)), "verified": verify["success"]}
+
+    verified = wait_for(f"{VERIFY_DAG_ID} to verify every archive", all_verified, VERIFY_TIMEOUT, procs)
+    lap("run finished -> every archive verified")
+
     # Quiesce: nothing may send requests or write objects while we count and read them.
     run([AIRFLOW, "dags", "pause", DAG_ID], env, logs / "cli.log", timeout=180)
+    run([AIRFLOW, "dags", "pause", VERIFY_DAG_ID], env, logs / "cli.log", timeout=180)
     procs.stop("scheduler", "triggerer", "dag-processor", "api-server", "emulator")
     requests = read_json(requests_file) or []
 
@@ -513,7 +551,14 @@ def deploy_and_check(work: Path, procs: Processes) -> list[str]:
     budget = request_budget(requests, state)
     problems += budget.pop("problems")
 
+    if verified["verified"] != PAIRS or set(verified["runs"]) != {("asset_triggered", "success")}:
+        problems.append(f"verify DAG: {verified}, expected {PAIRS} archives verified by asset-triggered runs")
+
     print_report(timings, run_id, run_state, states, deferred, fired, budget, state)
+    print(
+        f"Verify DAG ({VERIFY_DAG_ID}, scheduled on the asset alias): {verified['verified']} archives verified "
+        f"in {sum(verified['runs'].values())} asset-triggered run(s), from the events' extras alone"
+    )
     return problems
 
 
