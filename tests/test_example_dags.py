@@ -16,15 +16,19 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from airflow.providers.common.compat.version_compat import AIRFLOW_V_3_3_PLUS
 
 from tests.s3_fixtures import catalogue_key
 from tests.test_sensor import record
@@ -37,6 +41,11 @@ RESTORE = "cloud66_restore_from_s3"
 VERIFY = "cloud66_verify_new_archives"
 MiB = 1024 * 1024
 OLD = datetime(2026, 1, 1, tzinfo=UTC)
+
+# dag.test() of Airflow 3.1 cannot wait for a person: its in-process supervisor does not answer the
+# approval trigger's GetHITLDetail request. From 3.3 the approval waits without a trigger.
+HITL_IN_DAG_TEST = AIRFLOW_V_3_3_PLUS
+NO_HITL_IN_DAG_TEST = "dag.test() of this Airflow cannot run a human-in-the-loop wait in process"
 
 WAIT = "archive.wait_for_backup"
 COPY = "archive.copy_to_s3"
@@ -104,6 +113,61 @@ def file_requests_of(emu: Any, stack: str, backup_id: int) -> list[Any]:
     return [
         r for r in emu.requests if r.kind == "file" and stack_dir in r.path and f"_{backup_id}/" in r.path
     ]
+
+
+class Person:
+    """Who answers an approval request (what the API server's auth manager would hand the handler)."""
+
+    def get_id(self) -> str:
+        return "ops-1"
+
+    def get_name(self) -> str:
+        return "On-call engineer"
+
+
+@contextmanager
+def a_person_answers(option: str) -> Iterator[dict[str, Any]]:
+    """Answer the run's approval request with ``option`` once it is asked, through the handler of
+    Airflow's REST endpoint (what the Required Actions view calls); yields what the person was shown."""
+    from airflow.api_fastapi.core_api.datamodels.hitl import UpdateHITLDetailPayload
+    from airflow.api_fastapi.core_api.routes.public.hitl import update_hitl_detail
+    from airflow.models.hitl import HITLDetail
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    shown: dict[str, Any] = {}
+    stop = threading.Event()
+
+    def answer() -> None:
+        while not stop.wait(0.2):
+            with create_session() as session:
+                asked = session.scalars(select(HITLDetail)).all()
+                pending = [d for d in asked if d.chosen_options is None]
+                if not pending:
+                    continue
+                (detail,) = pending
+                ti = detail.task_instance
+                shown.update(
+                    task_id=ti.task_id, subject=detail.subject, body=detail.body, options=detail.options
+                )
+                update_hitl_detail(
+                    dag_id=ti.dag_id,
+                    dag_run_id=ti.run_id,
+                    task_id=ti.task_id,
+                    update_hitl_detail_payload=UpdateHITLDetailPayload(chosen_options=[option]),
+                    user=Person(),
+                    session=session,
+                    map_index=ti.map_index,
+                )
+                return
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    try:
+        yield shown
+    finally:
+        stop.set()
+        thread.join(timeout=30)
 
 
 # --- 1. integrity ---------------------------------------------------------------------------------
@@ -535,11 +599,31 @@ def test_restore_dag_imports_the_object_and_waits_for_the_imported_backup(
     conf = {"s3_bucket": s3_bucket, "s3_key": key, "stack_id": "shop-prod", "group": 3, "db_type": "mysql"}
 
     started = int(time.time())
-    dagrun = run_dag(load_dag(RESTORE), run_conf=conf)
+    if HITL_IN_DAG_TEST:
+        with a_person_answers("Approve") as shown:
+            dagrun = run_dag(load_dag(RESTORE), run_conf=conf)
+    else:  # the approval is marked done, so the rest of the restore is still tested here
+        dagrun = run_dag(load_dag(RESTORE), run_conf=conf, mark_success_pattern="approve_restore")
     finished = int(time.time()) + 1
 
     assert dagrun.state == "success"
-    assert states(dagrun) == {("import_from_s3", -1): "success", ("wait_for_imported_backup", -1): "success"}
+    assert states(dagrun) == {
+        ("describe_archive", -1): "success",
+        ("approve_restore", -1): "success",
+        ("import_from_s3", -1): "success",
+        ("wait_for_imported_backup", -1): "success",
+    }
+    written = s3_client.head_object(Bucket=s3_bucket, Key=key)["LastModified"].isoformat()
+    assert not HITL_IN_DAG_TEST or shown == {
+        "task_id": "approve_restore",
+        "subject": "Restore into Cloud 66 stack shop-prod?",
+        "body": "Importing writes this backup into the live stack **shop-prod** (backup group 3, mysql).\n\n"
+        f"- Archive: `s3://{s3_bucket}/{key}`\n"
+        f"- Size: {64 * 1024:,} bytes\n"
+        f"- Written to S3: {written}\n"
+        "- From: no manifest beside it: not an archive this package wrote",
+        "options": ["Approve", "Reject"],
+    }
     (post,) = [r for r in emu.requests if r.method == "POST"]
     assert post.path == "/api/3/stacks/shop-prod/backups.json"
     assert sorted(post.json) == ["db_type", "group", "remote_url"]
@@ -572,6 +656,50 @@ def test_restore_dag_imports_the_object_and_waits_for_the_imported_backup(
     assert imported != earlier
     assert emu.group_of("shop-prod", imported) == 3
     assert xcom_value(dagrun, "wait_for_imported_backup") == record(emu, imported, "shop-prod")
+
+
+@pytest.mark.skipif(not HITL_IN_DAG_TEST, reason=NO_HITL_IN_DAG_TEST)
+def test_restore_dag_rejected_ends_without_calling_cloud66(
+    cloud66_emulator_factory, s3_client, s3_bucket, aws_connection, run_dag
+):
+    emu = cloud66_emulator_factory(stacks=(), backup_delay=0)
+    emu.add_stack("shop-prod", databases=[("mysql", "shop")])
+    bid = emu.add_backup("shop-prod", db_type="mysql", database_name="shop", size=3000, backup_date=OLD)
+    # An archive this package wrote: the approver is shown the backup its manifest names.
+    prefix = f"cloud66/shop-prod/mysql/shop/2026/01/01/{bid}/"
+    s3_client.put_object(Bucket=s3_bucket, Key=prefix + "shop.tar", Body=b"x" * 3000)
+    raw = next(r for r in emu.backups("shop-prod") if r["id"] == bid)
+    manifest = {"format": 1, "stack_id": "shop-prod", "backup": raw, "objects": []}
+    s3_client.put_object(Bucket=s3_bucket, Key=prefix + "manifest.json", Body=json.dumps(manifest).encode())
+    conf = {"s3_bucket": s3_bucket, "s3_key": prefix + "shop.tar", "stack_id": "shop-prod", "group": 1}
+    emu.clear_requests()
+
+    with a_person_answers("Reject") as shown:
+        dagrun = run_dag(load_dag(RESTORE), run_conf=conf)
+
+    assert dagrun.state == "success"  # a person said no: nothing failed
+    assert states(dagrun) == {
+        ("describe_archive", -1): "success",
+        ("approve_restore", -1): "success",
+        ("import_from_s3", -1): "skipped",
+        ("wait_for_imported_backup", -1): "skipped",
+    }
+    assert emu.requests == []  # not one call to Cloud 66
+    assert shown["body"].endswith(
+        f"- From: backup {bid} of shop-prod: mysql database shop, taken {raw['backup_date_iso']}"
+    )
+    assert "- Size: 3,000 bytes\n" in shown["body"]
+    from airflow.models.hitl import HITLDetail
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        answers = [
+            (d.task_instance.run_id, d.chosen_options, d.responded_by["name"])
+            for d in session.scalars(select(HITLDetail))
+            if d.task_instance.run_id == dagrun.run_id
+        ]
+    assert answers == [(dagrun.run_id, ["Reject"], "On-call engineer")]
 
 
 def test_verify_dag_verifies_the_archives_its_asset_events_name_without_an_api_call(
