@@ -62,6 +62,14 @@ def get_provider_info() -> dict[str, Any]:
                 "python-module": "airflow_provider_c66.transfers.s3_to_cloud66",
             },
         ],
+        "asset-uris": [
+            {
+                "schemes": ["cloud66"],
+                "handler": "airflow_provider_c66.assets.sanitize_uri",
+                "factory": "airflow_provider_c66.assets.create_asset",
+                "to_openlineage_converter": "airflow_provider_c66.assets.convert_asset_to_openlineage",
+            }
+        ],
         "connection-types": [
             {
                 "connection-type": "cloud66",

@@ -19,7 +19,7 @@ from airflow.providers.common.compat.sdk import (
     conf,
 )
 
-from airflow_provider_c66 import validation, watermark
+from airflow_provider_c66 import assets, validation, watermark
 from airflow_provider_c66.exceptions import Cloud66OutcomeUnknownError
 from airflow_provider_c66.hooks.cloud66 import Cloud66Hook
 from airflow_provider_c66.models import Backup
@@ -125,6 +125,10 @@ class _BackupPostOperator(ResumableJobMixin, BaseOperator):  # type: ignore[misc
     @cached_property
     def hook(self) -> Cloud66Hook:
         return Cloud66Hook(self.cloud66_conn_id, retry_policy=watermark.polling_policy(self.poll_interval))
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage: the stack this task changed (a backup task created, a backup imported)."""
+        return assets.stack_lineage(self.hook.settings.base_url, validation.stack_id(self.stack_id))
 
     # --- Airflow entry points ---------------------------------------------------------------------
     def execute(self, context: Context) -> Any:

@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
-from airflow_provider_c66 import validation
+from airflow_provider_c66 import assets, validation
 from airflow_provider_c66.exceptions import Cloud66InputError
 from airflow_provider_c66.hooks.cloud66 import Cloud66Hook
 from airflow_provider_c66.models import Backup, BackupFile
@@ -167,6 +168,8 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
         self.catalog_prefix = catalog_prefix
         # Made in execute() (a _StopSignal, which Airflow's deep copy of the operator can copy).
         self._cancel: threading.Event | None = None
+        self._hook: Cloud66Hook | None = None
+        self._lineage: _Lineage | None = None  # what the try read and wrote, once the archive is complete
 
     # --- input ----------------------------------------------------------------------------------
     def _validated(self) -> tuple[str, int, str, CopySettings, dict[str, Any]]:
@@ -259,7 +262,7 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
         stack, ident, bucket, settings, extra = self._validated()
         verify_size = validation.flag(self.verify_backup_size, "verify_backup_size")
         self._cancel = cancel = _StopSignal()
-        hook = Cloud66Hook(self.cloud66_conn_id, cancel=cancel)
+        self._hook = hook = Cloud66Hook(self.cloud66_conn_id, cancel=cancel)
         backup = hook.get_backup(stack, ident)
         if not backup.succeeded:
             raise AirflowException(
@@ -604,7 +607,64 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
         document = read_manifest(client, bucket, manifest_key) or {}
         if self.catalog_prefix is not None:
             self._catalogue(client, bucket, manifest_key, document, stack, backup, extra)
+        self._record_lineage(bucket, keys, document, backup, stack)
         return self._announce(context, bucket, keys, manifest_key, document, backup, stack)
+
+    def _record_lineage(
+        self, bucket: str, keys: list[str], document: Mapping[str, Any], backup: Backup, stack: str
+    ) -> None:
+        """What the archive read and wrote, one dataset per final object (never per part): kept for
+        :meth:`get_openlineage_facets_on_complete`, and told to Airflow's hook lineage collector."""
+        from airflow.providers.common.compat.lineage.hook import get_hook_lineage_collector
+
+        assert self._hook is not None
+        api_url = self._hook.settings.base_url
+        sizes = {str(o.get("key")): o.get("size") for o in document.get("objects", [])}
+        self._lineage = _Lineage(
+            assets.namespace(api_url),
+            assets.backup_name(stack, backup),
+            bucket,
+            [(k, sizes.get(k)) for k in keys],
+        )
+        collector = get_hook_lineage_collector()
+        source = {
+            "host": urlsplit(api_url).netloc,
+            "stack_id": stack,
+            "db_type": backup.db_type,
+            "database_name": backup.database_name,
+            "backup_id": backup.id,
+        }
+        collector.add_input_asset(context=self._hook, scheme=assets.SCHEME, asset_kwargs=source)
+        for key in keys:
+            collector.add_output_asset(
+                context=self._hook, scheme="s3", asset_kwargs={"bucket": bucket, "key": key}
+            )
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage: the Cloud 66 backup in, each archived object out with its size. (OpenLineage has
+        no checksum facet; each object's SHA-256 is in its asset event's extra and the manifest.)"""
+        from airflow.providers.common.compat.openlineage.facet import (
+            Dataset,
+            OutputDataset,
+            OutputStatisticsOutputDatasetFacet,
+        )
+        from airflow.providers.openlineage.extractors import OperatorLineage
+
+        if self._lineage is None:
+            return OperatorLineage()
+        return OperatorLineage(
+            inputs=[Dataset(namespace=self._lineage.api_namespace, name=self._lineage.backup_name)],
+            outputs=[
+                OutputDataset(
+                    namespace=f"s3://{self._lineage.bucket}",
+                    name=key,
+                    outputFacets={}
+                    if size is None
+                    else {"outputStatistics": OutputStatisticsOutputDatasetFacet(size=size, fileCount=1)},
+                )
+                for key, size in self._lineage.objects
+            ],
+        )
 
     def _catalogue(
         self,
@@ -679,6 +739,16 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
                     Asset(uri=uri), extra=archive.asset_extra(stack, backup, manifest_key, document, key)
                 )
         return uris
+
+
+@dataclass(frozen=True)
+class _Lineage:
+    """The archive's lineage: the backup (OpenLineage namespace and name) and each object with its size."""
+
+    api_namespace: str
+    backup_name: str
+    bucket: str
+    objects: list[tuple[str, int | None]]
 
 
 class _StopSignal(threading.Event):

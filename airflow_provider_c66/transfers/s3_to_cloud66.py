@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from airflow_provider_c66 import validation
+from airflow_provider_c66 import assets, validation
 from airflow_provider_c66.exceptions import Cloud66InputError
 from airflow_provider_c66.hooks.cloud66 import Cloud66Hook
 from airflow_provider_c66.redaction import mask_presigned_url
@@ -81,6 +81,7 @@ class S3ToCloud66ImportOperator(BaseOperator):  # type: ignore[misc]
         self.expires_in = expires_in
         self.aws_conn_id = aws_conn_id
         self.cloud66_conn_id = cloud66_conn_id
+        self._lineage: tuple[str, str, str, str] | None = None  # API URL, stack, bucket, key: once accepted
 
     def execute(self, context: Any) -> str:
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
@@ -106,14 +107,23 @@ class S3ToCloud66ImportOperator(BaseOperator):  # type: ignore[misc]
         mask_presigned_url(url)
         from airflow_provider_c66.operators.backups import post_once
 
+        hook = Cloud66Hook(self.cloud66_conn_id)
         with post_once():
-            message = Cloud66Hook(self.cloud66_conn_id).import_backup(
-                stack, group=group, db_type=db_type, remote_url=url
-            )
+            message = hook.import_backup(stack, group=group, db_type=db_type, remote_url=url)
+        self._lineage = (hook.settings.base_url, stack, bucket, key)
         self.log.info(
             "Cloud 66 accepted the import of s3://%s/%s into stack %r: %s", bucket, key, stack, message
         )
         return message
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage: the S3 object in, the stack it was imported into out."""
+        from airflow.providers.openlineage.extractors import OperatorLineage
+
+        if self._lineage is None:
+            return OperatorLineage()
+        api_url, stack, bucket, key = self._lineage
+        return assets.stack_lineage(api_url, stack, s3_input=(bucket, key))
 
     def _signing_client(self, s3: Any, bucket: str) -> Any:
         """An S3 client that presigns SigV4 for the bucket's region, over the connection's own settings."""
