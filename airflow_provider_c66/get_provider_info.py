@@ -6,14 +6,27 @@ from typing import Any
 
 from airflow_provider_c66 import __version__
 
-# The connection form, said once: the hook's get_ui_field_behaviour() returns this same dict.
+# The connection form, said once: the hook's get_ui_field_behaviour() returns this same dict, and
+# its get_connection_form_widgets() (for releases before 3.2, with wtforms) is built from CONNECTION_FIELDS.
 CONNECTION_FORM: dict[str, Any] = {
     "hidden_fields": ["schema", "port", "login"],
     "relabeling": {"host": "API URL", "password": "Access token"},
     "placeholders": {
         "host": "https://app.cloud66.com/api/3",
         "password": "personal access token (scope public; admin to create or import backups)",
-        "extra": '{"account_id": "optional account id", "timeout": 60}',
+    },
+}
+# The extra fields (Airflow 3.2+ reads them as "conn-fields"); saved in the connection's extra.
+CONNECTION_FIELDS: dict[str, Any] = {
+    "account_id": {
+        "label": "Account id",
+        "description": "Cloud 66 account to act in (sent as X-Account); empty for the token's own",
+        "schema": {"type": ["string", "null"]},
+    },
+    "timeout": {
+        "label": "Timeout",
+        "description": "seconds one request may wait for Cloud 66's answer (1 to 3600)",
+        "schema": {"type": ["integer", "null"], "default": 60, "minimum": 1, "maximum": 3600},
     },
 }
 
@@ -74,6 +87,8 @@ def get_provider_info() -> dict[str, Any]:
             {
                 "connection-type": "cloud66",
                 "hook-class-name": "airflow_provider_c66.hooks.cloud66.Cloud66Hook",
+                "hook-name": "Cloud 66",
+                "conn-fields": CONNECTION_FIELDS,
                 "ui-field-behaviour": {
                     key.replace("_", "-"): value for key, value in CONNECTION_FORM.items()
                 },

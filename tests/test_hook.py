@@ -523,6 +523,67 @@ def test_provider_info_declares_the_connection_form():
     assert behaviour["relabeling"] == {"host": "API URL", "password": "Access token"}
 
 
+def test_the_connection_form_is_the_same_for_every_airflow_release():
+    """Airflow 3.2+ reads conn-fields and ui-field-behaviour from the provider info; older releases
+    call the hook's get_ui_field_behaviour() and get_connection_form_widgets(): the same form."""
+    from wtforms import Form
+
+    from airflow_provider_c66.get_provider_info import CONNECTION_FIELDS, get_provider_info
+
+    (conn_type,) = get_provider_info()["connection-types"]
+    assert conn_type["hook-name"] == "Cloud 66"
+    assert conn_type["conn-fields"] == CONNECTION_FIELDS
+    assert conn_type["ui-field-behaviour"] == {
+        key.replace("_", "-"): value for key, value in Cloud66Hook.get_ui_field_behaviour().items()
+    }
+    assert sorted(CONNECTION_FIELDS) == ["account_id", "timeout"]
+
+    widgets = Cloud66Hook.get_connection_form_widgets()
+    form_class = type("ConnectionForm", (Form,), dict(widgets))
+    form = form_class()
+    assert sorted(widgets) == sorted(CONNECTION_FIELDS)
+    for name, declared in CONNECTION_FIELDS.items():
+        field = form[name]
+        kind = "IntegerField" if "integer" in declared["schema"]["type"] else "StringField"
+        assert (type(field).__name__, field.label.text, field.description, field.default) == (
+            kind,
+            declared["label"],
+            declared["description"],
+            declared["schema"].get("default"),
+        )
+    assert (form["account_id"].label.text, form["timeout"].label.text, form["timeout"].default) == (
+        "Account id",
+        "Timeout",
+        60,
+    )
+
+    class Data(dict):  # what a submitted form holds
+        def getlist(self, key):
+            return [self[key]] if key in self else []
+
+    for timeout, valid in (("", True), ("1", True), ("3600", True), ("0", False), ("3601", False)):
+        assert form_class(Data(timeout=timeout, account_id="")).validate() is valid, timeout
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"account_id": "acc-9", "timeout": 7},
+        {"extra__cloud66__account_id": "acc-9", "extra__cloud66__timeout": "7"},  # forms before Airflow 3
+        {"account_id": "acc-9", "timeout": "7", "extra__cloud66__timeout": "99"},
+    ],
+)
+def test_the_form_fields_reach_the_hook_as_the_form_saves_them(monkeypatch, extra):
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_C66_FORM",
+        json.dumps(
+            {"conn_type": "cloud66", "host": "http://127.0.0.1:9/api/3", "password": "t", "extra": extra}
+        ),
+    )
+    settings = Cloud66Hook("c66_form").settings
+    assert (settings.headers.get("X-Account"), settings.timeout) == ("acc-9", 7.0)
+
+
 def test_airflow_providers_list_shows_the_provider():
     import subprocess
     import sys

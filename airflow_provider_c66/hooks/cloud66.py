@@ -86,6 +86,33 @@ class Cloud66Hook(BaseHook):  # type: ignore[misc]
 
         return copy.deepcopy(CONNECTION_FORM)
 
+    @classmethod
+    def get_connection_form_widgets(cls) -> dict[str, Any]:
+        """The extra fields as wtforms widgets, for Airflow releases before 3.2 (which read these, when
+        wtforms is installed, instead of the provider info's ``conn-fields``); built from the same
+        CONNECTION_FIELDS, so the two forms cannot drift apart."""
+        from wtforms import IntegerField, StringField
+        from wtforms.validators import NumberRange, Optional
+
+        from airflow_provider_c66.get_provider_info import CONNECTION_FIELDS
+
+        widgets: dict[str, Any] = {}
+        for name, field in CONNECTION_FIELDS.items():
+            schema = field["schema"]
+            if "integer" in schema["type"]:
+                widgets[name] = IntegerField(
+                    field["label"],
+                    description=field["description"],
+                    default=schema.get("default"),
+                    validators=[
+                        Optional(),
+                        NumberRange(min=schema.get("minimum"), max=schema.get("maximum")),
+                    ],
+                )
+            else:
+                widgets[name] = StringField(field["label"], description=field["description"])
+        return widgets
+
     # --- connection -----------------------------------------------------------------------------
     def _load_settings(self, conn: Any, extra: Any = None) -> _Settings:
         return _Settings.from_connection(conn, self.cloud66_conn_id, extra)
@@ -494,7 +521,8 @@ class _Settings:
         base_url = _base_url(conn.host, conn_id)
         extra = conn.extra_dejson if extra is None else extra
         extra = extra if isinstance(extra, dict) else {}
-        timeout = extra.get("timeout", DEFAULT_TIMEOUT)
+        timeout = _extra_field(extra, "timeout")
+        timeout = DEFAULT_TIMEOUT if timeout in (None, "") else timeout
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float, str)):
             raise Cloud66InputError(
                 f"connection {conn_id!r} extra 'timeout'", f"must be seconds, got {timeout!r}"
@@ -509,8 +537,15 @@ class _Settings:
             raise Cloud66InputError(
                 f"connection {conn_id!r} extra 'timeout'", f"must be 1-3600 seconds, got {timeout!r}"
             )
-        account = extra.get("account_id")
+        account = _extra_field(extra, "account_id")
         return cls(base_url, token, str(account) if account not in (None, "") else None, seconds)
+
+
+def _extra_field(extra: dict[str, Any], name: str) -> Any:
+    """An extra field as the connection form saves it (``name``), or as forms before Airflow 3 did
+    (``extra__cloud66__<name>``)."""
+    value = extra.get(name)
+    return extra.get(f"extra__cloud66__{name}") if value in (None, "") else value
 
 
 def _base_url(host: str | None, conn_id: str) -> str:
