@@ -9,7 +9,7 @@ FLOOR_INDEX = --exclude-newer $(FLOOR_DATE) --exclude-newer-package apache-airfl
 VENV ?= .venv
 FLOOR_VENV ?= .venv-floor
 
-.PHONY: test test-newest test-floor lint demo bench test-deployment test-s3-compat test-s3-nanio test-s3-radosgw clean
+.PHONY: test test-newest test-floor lint demo bench test-deployment test-browser test-s3-compat test-s3-nanio test-s3-radosgw clean
 
 test: lint test-newest test-floor ## lint, types, then the suite on the newest and the oldest supported Airflow
 
@@ -66,6 +66,21 @@ bench: $(VENV)/.installed-$(AIRFLOW_VERSION)
 test-deployment: $(VENV)/.installed-$(AIRFLOW_VERSION)
 	$(VENV)/bin/uv pip install -q -p $(VENV)/bin/python 'psycopg2-binary>=2.9' 'asyncpg>=0.29'
 	$(VENV)/bin/python deploy/run_deployment_test.py
+
+# The Cloud 66 connection form in a real browser: headless Chromium (Debian's package, installed when
+# missing and running as root) driven by Playwright through Airflow's own UI; the screenshots of the
+# filled form go to browser-check/ (BROWSER_ARTIFACTS to put them elsewhere).
+CHROMIUM ?= /usr/bin/chromium
+BROWSER_ARTIFACTS ?= browser-check
+test-browser: $(VENV)/.installed-$(AIRFLOW_VERSION)
+	@[ -x "$(CHROMIUM)" ] || { \
+		[ "$$(id -u)" = 0 ] || { echo "$(CHROMIUM) is missing: run as root, or apt-get install chromium" >&2; exit 1; }; \
+		echo "Installing Chromium from Debian's packages ..."; export DEBIAN_FRONTEND=noninteractive; \
+		apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends chromium >/dev/null; }
+	$(VENV)/bin/uv pip install -q -p $(VENV)/bin/python 'playwright>=1.65.2'
+	C66_BROWSER=1 C66_CHROMIUM=$(CHROMIUM) C66_BROWSER_ARTIFACTS=$(abspath $(BROWSER_ARTIFACTS)) \
+		$(VENV)/bin/python -m pytest -p no:randomly tests/browser
+	@echo "Screenshots of the filled form: $(abspath $(BROWSER_ARTIFACTS))/connection-form*.png"
 
 # The S3 tests again, against other implementations than moto: nanio (the bench extra), then Ceph's S3
 # gateway on a throw-away single-node cluster (scripts/radosgw.sh), installed from Debian's packages when
