@@ -13,6 +13,7 @@ import pytest
 from airflow_provider_c66.exceptions import Cloud66InputError
 from airflow_provider_c66.transfers.backup_to_s3 import Cloud66BackupToS3Operator
 from airflow_provider_c66.transfers.s3_to_cloud66 import S3ToCloud66ImportOperator
+from tests.helpers import keys, open_uploads, read
 from tests.s3_fixtures import catalogue_key
 
 MiB = 1024 * 1024
@@ -22,18 +23,6 @@ DATE = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
 @pytest.fixture
 def emu(cloud66_emulator_factory):
     return cloud66_emulator_factory(split_threshold=6 * MiB, split_size=5 * MiB + 123)
-
-
-def read(s3_client, bucket, key) -> bytes:
-    return s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
-
-
-def keys(s3_client, bucket) -> list[str]:
-    return sorted(o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket).get("Contents", []))
-
-
-def open_uploads(s3_client, bucket) -> list:
-    return s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
 
 
 def archive_bytes(emu, stack, bid) -> bytes:

@@ -16,6 +16,7 @@ import pytest
 from airflow_provider_c66 import __version__
 from airflow_provider_c66.exceptions import Cloud66InputError
 from airflow_provider_c66.transfers.backup_to_s3 import Cloud66BackupToS3Operator
+from tests.helpers import keys
 from tests.s3_fixtures import catalogue_key
 from tests.test_copy_engine import failing_on_call
 
@@ -35,10 +36,6 @@ def archive(bucket: str, bid: int, **kwargs: Any) -> list[str]:
     )
     result: list[str] = op.execute({})
     return result
-
-
-def keys(s3_client: Any, bucket: str) -> list[str]:
-    return sorted(o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket).get("Contents", []))
 
 
 def writes_of(s3_client: Any, key: str) -> list[str]:

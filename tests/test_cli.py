@@ -21,6 +21,7 @@ import pytest
 from airflow_provider_c66 import cli
 from airflow_provider_c66.testing.emulator import FILE_PREFIX
 from airflow_provider_c66.transfers.copy import CopyResult
+from tests.helpers import keys, read
 from tests.s3_fixtures import ACCESS_KEY, SECRET_KEY
 
 MiB = 1024 * 1024
@@ -58,14 +59,6 @@ def run(args: list[str], env: dict[str, str], *, script: bool = False) -> subpro
         else [sys.executable, "-m", "airflow_provider_c66"]
     )
     return subprocess.run([*program, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-
-
-def keys(s3_client, bucket) -> list[str]:
-    return sorted(o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket).get("Contents", []))
-
-
-def read(s3_client, bucket, key) -> bytes:
-    return s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
 
 
 # --- archive ------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from airflow.providers.common.compat.version_compat import AIRFLOW_V_3_3_PLUS
 
+from tests.helpers import read, states, xcom_value
 from tests.s3_fixtures import catalogue_key
 from tests.test_sensor import record
 
@@ -61,41 +62,10 @@ def load_dag(name: str) -> Any:
     return module.dag
 
 
-def xcom_value(dagrun: Any, task_id: str, map_index: int = -1) -> Any:
-    """The return value Airflow stored for one (possibly mapped) task instance, or None."""
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        query = XComModel.get_many(
-            run_id=dagrun.run_id,
-            dag_ids=dagrun.dag_id,
-            task_ids=task_id,
-            map_indexes=map_index,
-            key="return_value",
-        )
-        row = session.scalars(query).first()
-        return None if row is None else XComModel.deserialize_value(row)
-
-
-def states(dagrun: Any) -> dict[tuple[str, int], str]:
-    """Every task instance of the run: ``(task_id, map_index) -> state``."""
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        return {
-            (ti.task_id, ti.map_index): str(ti.state) for ti in dagrun.get_task_instances(session=session)
-        }
-
-
 def s3_listing(s3_client: Any, bucket: str) -> dict[str, tuple[int, str, Any]]:
     """``key -> (size, etag, last modified)`` of every object in the bucket."""
     contents = s3_client.list_objects_v2(Bucket=bucket).get("Contents", [])
     return {o["Key"]: (o["Size"], o["ETag"], o["LastModified"]) for o in contents}
-
-
-def read(s3_client: Any, bucket: str, key: str) -> bytes:
-    return s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
 
 
 def archive_key(emu: Any, stack: str, backup_id: int) -> tuple[str, str]:

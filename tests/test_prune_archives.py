@@ -534,7 +534,7 @@ def test_prune_runs_in_a_dag_and_its_xcom_is_the_report(
 ) -> None:
     from airflow.sdk import DAG
 
-    from tests.test_example_dags import xcom_value
+    from tests.helpers import xcom_value
 
     lake = write_lake(s3_client, s3_bucket)
     with DAG("prune_archives", schedule=None, params={"keep": 2}) as dag:

@@ -31,6 +31,7 @@ from airflow_provider_c66.testing.pytest_plugin import connection_json
 from airflow_provider_c66.transfers.backup_to_s3 import Cloud66BackupToS3Operator
 from airflow_provider_c66.transfers.copy import CopyError
 from tests.copy_fixtures import PartWatch
+from tests.helpers import keys, open_uploads, read
 from tests.s3_fixtures import catalogue_key
 
 MiB = 1 << 20
@@ -41,18 +42,6 @@ reliability = pytest.mark.reliability
 
 
 # --- helpers --------------------------------------------------------------------------------------
-def keys(s3_client: Any, bucket: str) -> list[str]:
-    return sorted(o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket).get("Contents", []))
-
-
-def open_uploads(s3_client: Any, bucket: str) -> list[dict[str, Any]]:
-    return list(s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []))
-
-
-def read(s3_client: Any, bucket: str, key: str) -> bytes:
-    return bytes(s3_client.get_object(Bucket=bucket, Key=key)["Body"].read())
-
-
 def archive_bytes(emu: Any, bid: int, stack: str = "stack-1") -> bytes:
     return b"".join(emu.iter_archive(stack, bid))
 
@@ -611,7 +600,7 @@ def test_two_dag_runs_for_the_same_interval_archive_once(
     from airflow.sdk import DAG
 
     from airflow_provider_c66.sensors.backups import Cloud66BackupSensor
-    from tests.test_sensor import xcom_value
+    from tests.helpers import xcom_value
 
     emu = cloud66_emulator
     interval = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=2)

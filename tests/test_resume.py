@@ -18,6 +18,7 @@ from airflow.providers.common.compat.version_compat import AIRFLOW_V_3_3_PLUS
 from airflow_provider_c66.transfers.backup_to_s3 import Cloud66BackupToS3Operator
 from airflow_provider_c66.transfers.copy import CopyError, SourceChanged, copy_to_s3
 from tests.copy_fixtures import Archive
+from tests.helpers import open_uploads
 from tests.test_copy_engine import FAST, KEY, MiB, failing_on_call, read_object
 
 PART = 5 * MiB
@@ -32,10 +33,6 @@ def sent_parts(client: Any) -> list[int]:
 
     client.meta.events.register("provide-client-params.s3.UploadPart", record)
     return numbers
-
-
-def open_uploads(client: Any, bucket: str) -> list[Any]:
-    return list(client.list_multipart_uploads(Bucket=bucket).get("Uploads", []))
 
 
 def fail_part(client: Any, number: int) -> Callable[..., None]:

@@ -17,32 +17,13 @@ from airflow_provider_c66.exceptions import Cloud66InputError
 from airflow_provider_c66.models import Backup
 from airflow_provider_c66.sensors.backups import Cloud66BackupSensor
 from airflow_provider_c66.watermark import ANY_TYPE, BackupWait, Watermark
+from tests.helpers import xcom_value
 
 LIST_PATH = "/api/3/stacks/stack-1/backups.json"
 MODES = ["poke", "reschedule", "deferrable"]
 
 
 # --- helpers shared with test_operators -----------------------------------------------------------
-def xcom_value(dagrun: Any, task_id: str) -> Any:
-    """The task's return value as Airflow stored it."""
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        query = XComModel.get_many(
-            run_id=dagrun.run_id, dag_ids=dagrun.dag_id, task_ids=task_id, key="return_value"
-        )
-        row = session.scalars(query).first()
-        return None if row is None else XComModel.deserialize_value(row)
-
-
-def task_instance(dagrun: Any, task_id: str) -> Any:
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        return dagrun.get_task_instance(task_id, session=session)
-
-
 def when_requests(
     emu: Any, count: int, action: Callable[[], object], method: str = "GET"
 ) -> threading.Thread:

@@ -18,8 +18,9 @@ from airflow.providers.common.compat.sdk import AirflowException
 from airflow_provider_c66.models import Backup, BackupStatus
 from airflow_provider_c66.transfers.backup_to_s3 import Cloud66BackupToS3Operator
 from airflow_provider_c66.watermark import ANY_TYPE, BackupWait, Watermark
+from tests.helpers import keys, open_uploads, xcom_value
 from tests.s3_fixtures import catalogue_key
-from tests.test_sensor import LIST_PATH, list_gets, record, run_sensor, xcom_value
+from tests.test_sensor import LIST_PATH, list_gets, record, run_sensor
 
 MiB = 1 << 20
 SPLIT = 5 * MiB + 123
@@ -37,14 +38,6 @@ def make_op(bucket: str, bid: int, **kwargs: Any) -> Cloud66BackupToS3Operator:
     return Cloud66BackupToS3Operator(
         task_id="archive", stack_id="stack-1", backup_id=bid, s3_bucket=bucket, part_size=5 * MiB, **kwargs
     )
-
-
-def keys(s3_client: Any, bucket: str) -> list[str]:
-    return sorted(o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket).get("Contents", []))
-
-
-def open_uploads(s3_client: Any, bucket: str) -> list[Any]:
-    return list(s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []))
 
 
 def archive_of(emu: Any, s3_client: Any, bucket: str, bid: int) -> tuple[bytes, dict[str, Any]]:
