@@ -330,12 +330,12 @@ def run_verify(args: argparse.Namespace) -> int:
 # --- helpers ------------------------------------------------------------------------------------
 def split_s3_uri(value: str, field: str) -> tuple[str, str]:
     """(bucket, prefix) of ``s3://bucket[/prefix]``; the prefix may be empty."""
-    from airflow_provider_c66.transfers import archive
+    from airflow_provider_c66 import validation
 
     if not value.startswith("s3://"):
         raise Cloud66InputError(field, f"must be s3://BUCKET[/PREFIX], got {value!r:.80}")
     bucket, _, prefix = value[len("s3://") :].partition("/")
-    archive.bucket_name(bucket, field)
+    validation.bucket_name(bucket, field)
     if prefix.startswith("/") or any(part in (".", "..") for part in prefix.split("/")):
         raise Cloud66InputError(field, f"must not hold empty, '.' or '..' path segments, got {value!r:.80}")
     return bucket, prefix

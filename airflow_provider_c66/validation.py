@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable
-from urllib.parse import urlsplit
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from urllib.parse import urlencode, urlsplit
 
 from airflow_provider_c66.exceptions import Cloud66InputError
-from airflow_provider_c66.models import DB_TYPES
+from airflow_provider_c66.models import DB_TYPES, parse_datetime
 from airflow_provider_c66.redaction import redact_invalid_url
 
 _STACK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _FILE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 MAX_KEEP_COUNT = 10_000
 
@@ -190,3 +192,90 @@ def non_empty_str(value: object, field: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise Cloud66InputError(field, f"must be a non-empty string, got {_describe(value)}")
     return value.strip()
+
+
+def newer_than(value: object, field: str = "newer_than") -> datetime | None:
+    """A datetime or an ISO 8601 string (templated); ``None``, ``""`` and ``"None"`` mean "not given"."""
+    if value is None or (isinstance(value, str) and value.strip() in ("", "None")):
+        return None
+    try:
+        return parse_datetime(value)
+    except (TypeError, ValueError):
+        raise Cloud66InputError(
+            field,
+            f"must be a datetime or an ISO 8601 timestamp such as 2026-01-01T00:00:00Z, got {value!r:.80}",
+        ) from None
+
+
+def seconds(value: object, field: str, *, allow_zero: bool = False) -> float:
+    """A positive (or with ``allow_zero``, non-negative) number of seconds; numeric strings are
+    accepted, as templates render strings."""
+    try:
+        number = (
+            float(value) if isinstance(value, (int, float, str)) and not isinstance(value, bool) else None
+        )
+    except ValueError:
+        number = None
+    if number is None or not (number >= 0 if allow_zero else number > 0) or number == float("inf"):
+        kind = "a non-negative" if allow_zero else "a positive"
+        raise Cloud66InputError(field, f"must be {kind} number of seconds, got {value!r:.80}")
+    return number
+
+
+def tags(tags: object, field: str = "tags") -> str:
+    """S3 object tags as the ``Tagging`` header: at most 10, keys of 1-128 and values of 0-256 characters."""
+    if not isinstance(tags, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in tags.items()
+    ):
+        raise Cloud66InputError(field, f"must be a mapping of strings to strings, got {tags!r:.80}")
+    if len(tags) > 10 or any(not k or len(k) > 128 or len(v) > 256 for k, v in tags.items()):
+        raise Cloud66InputError(field, "allows at most 10 tags, keys of 1-128 and values of 0-256 characters")
+    return urlencode(dict(tags))
+
+
+def aware_datetime(value: object, field: str) -> datetime:
+    """A timezone-aware datetime (or ISO 8601 text), in UTC."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise Cloud66InputError(field, f"must be an ISO 8601 date-time, got {value!r:.40}") from None
+    if not isinstance(value, datetime) or value.tzinfo is None:
+        raise Cloud66InputError(field, f"must be a timezone-aware datetime, got {value!r:.40}")
+    return value.astimezone(UTC)
+
+
+def bucket_name(value: object, field: str = "s3_bucket") -> str:
+    """An S3 bucket name: 3-63 lowercase letters, digits, '.' or '-'."""
+    if not isinstance(value, str) or not _BUCKET.fullmatch(value) or ".." in value:
+        raise Cloud66InputError(
+            field,
+            f"must be an S3 bucket name (3-63 lowercase letters, digits, '.' or '-'), got {value!r:.80}",
+        )
+    return value
+
+
+def table_names(value: object, field: str = "excluded_tables") -> str:
+    """Table names, as a list or comma-separated, joined with commas."""
+    problem = f"must be table names (a list or comma-separated), got {value!r:.80}"
+    if isinstance(value, str):
+        items: list[object] = list(value.split(","))
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        raise Cloud66InputError(field, problem)
+    names = [item.strip() for item in items if isinstance(item, str)]
+    if len(names) != len(items) or any(not n or any(c.isspace() or ord(c) < 32 for c in n) for n in names):
+        raise Cloud66InputError(field, problem)
+    return ",".join(names)
+
+
+def s3_key(key: object, field: str = "s3_key") -> str:
+    """An object key inside a bucket: relative, no control characters, no '.' or '..' segments."""
+    if isinstance(key, str) and key.startswith("s3://"):
+        raise Cloud66InputError(field, "must be a key inside s3_bucket, not an s3:// URI")
+    if not isinstance(key, str) or not key or key.startswith("/") or any(ord(c) < 32 for c in key):
+        raise Cloud66InputError(field, f"must be a relative object key, got {key!r:.80}")
+    if any(part in (".", "..") for part in key.split("/")):
+        raise Cloud66InputError(field, f"must not contain '.' or '..' segments, got {key!r:.80}")
+    return key

@@ -273,7 +273,9 @@ class BackupWait:
             fail_on_failed_backup=validation.flag(
                 raw.get("fail_on_failed_backup", True), "fail_on_failed_backup"
             ),
-            settle_seconds=seconds(raw.get("settle_seconds") or 0, "settle_seconds", allow_zero=True),
+            settle_seconds=validation.seconds(
+                raw.get("settle_seconds") or 0, "settle_seconds", allow_zero=True
+            ),
         )
 
 
@@ -328,31 +330,3 @@ def polling_policy(poll_interval: float) -> RetryPolicy:
     default = RetryPolicy()
     cap = max(0.01, min(default.backoff_max, poll_interval))
     return replace(default, backoff_base=min(default.backoff_base, cap), backoff_max=cap)
-
-
-def newer_than_arg(value: object, field: str = "newer_than") -> datetime | None:
-    """A datetime or an ISO 8601 string (templated); ``None``, ``""`` and ``"None"`` mean "not given"."""
-    if value is None or (isinstance(value, str) and value.strip() in ("", "None")):
-        return None
-    try:
-        return parse_datetime(value)
-    except (TypeError, ValueError):
-        raise Cloud66InputError(
-            field,
-            f"must be a datetime or an ISO 8601 timestamp such as 2026-01-01T00:00:00Z, got {value!r:.80}",
-        ) from None
-
-
-def seconds(value: object, field: str, *, allow_zero: bool = False) -> float:
-    """A positive (or with ``allow_zero``, non-negative) number of seconds; numeric strings are
-    accepted, as templates render strings."""
-    try:
-        number = (
-            float(value) if isinstance(value, (int, float, str)) and not isinstance(value, bool) else None
-        )
-    except ValueError:
-        number = None
-    if number is None or not (number >= 0 if allow_zero else number > 0) or number == float("inf"):
-        kind = "a non-negative" if allow_zero else "a positive"
-        raise Cloud66InputError(field, f"must be {kind} number of seconds, got {value!r:.80}")
-    return number

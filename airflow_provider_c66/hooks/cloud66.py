@@ -364,7 +364,7 @@ class Cloud66Hook(BaseHook):  # type: ignore[misc]
         if gzip is not None:
             body["gzip"] = validation.flag(gzip, "gzip")
         if excluded_tables is not None:
-            body["excluded_tables"] = _tables(excluded_tables)
+            body["excluded_tables"] = validation.table_names(excluded_tables)
         if run_on_replica_server is not None:
             body["run_on_replica_server"] = validation.flag(run_on_replica_server, "run_on_replica_server")
         return body
@@ -565,13 +565,3 @@ def _base_url(host: str | None, conn_id: str) -> str:
     if parts.path in ("", "/"):
         text = text + "/api/3"
     return text
-
-
-def _tables(value: str | Sequence[str]) -> str:
-    items = value.split(",") if isinstance(value, str) else list(value)
-    names = [item.strip() for item in items if isinstance(item, str)]
-    if len(names) != len(items) or any(not n or any(c.isspace() or ord(c) < 32 for c in n) for n in names):
-        raise Cloud66InputError(
-            "excluded_tables", f"must be table names (a list or comma-separated), got {value!r:.80}"
-        )
-    return ",".join(names)

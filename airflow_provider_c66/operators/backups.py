@@ -109,9 +109,9 @@ class _BackupPostOperator(ResumableJobMixin, BaseOperator):  # type: ignore[misc
         """Check every rendered argument; raise Cloud66InputError before any request."""
         self.stack_id = validation.stack_id(self.stack_id)
         self.wait_for_completion = validation.flag(self.wait_for_completion, "wait_for_completion")
-        self.poll_interval = watermark.seconds(self.poll_interval, "poll_interval")
-        self.timeout = watermark.seconds(self.timeout, "timeout")
-        self.settle_seconds = watermark.seconds(self.settle_seconds, "settle_seconds", allow_zero=True)
+        self.poll_interval = validation.seconds(self.poll_interval, "poll_interval")
+        self.timeout = validation.seconds(self.timeout, "timeout")
+        self.settle_seconds = validation.seconds(self.settle_seconds, "settle_seconds", allow_zero=True)
 
     def take_watermark(self) -> BackupWait:
         raise NotImplementedError

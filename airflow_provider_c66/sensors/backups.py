@@ -107,7 +107,7 @@ class Cloud66BackupSensor(BaseSensorOperator):  # type: ignore[misc]
 
     def build_wait(self, context: Context) -> BackupWait:
         """The rendered arguments, validated (no request is sent before this passed)."""
-        newer_than = watermark.newer_than_arg(self.newer_than)
+        newer_than = validation.newer_than(self.newer_than)
         after_id = None if self.after_backup_id in (None, "", "None") else self.after_backup_id
         if newer_than is not None and after_id is not None:
             raise Cloud66InputError("newer_than", "give newer_than or after_backup_id, not both")
@@ -126,7 +126,7 @@ class Cloud66BackupSensor(BaseSensorOperator):  # type: ignore[misc]
                 else validation.non_empty_str(self.database_name, "database_name")
             ),
             fail_on_failed_backup=validation.flag(self.fail_on_failed_backup, "fail_on_failed_backup"),
-            settle_seconds=watermark.seconds(self.settle_seconds, "settle_seconds", allow_zero=True),
+            settle_seconds=validation.seconds(self.settle_seconds, "settle_seconds", allow_zero=True),
         )
 
     def execute(self, context: Context) -> Any:

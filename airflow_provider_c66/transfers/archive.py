@@ -42,22 +42,12 @@ SSE_MODES = ("AES256", "aws:kms", "aws:kms:dsse")
 PLACEHOLDERS = ("stack_id", "db_type", "database_name", "backup_id", "YYYY", "MM", "DD")
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=+-]")
-_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
 
 def safe_segment(value: str) -> str:
     """One key segment from text the API controls: no ``/``, no ``..``, no control characters."""
     cleaned = _UNSAFE.sub("_", value).strip(".")
     return cleaned or "_"
-
-
-def bucket_name(value: object, field: str = "s3_bucket") -> str:
-    if not isinstance(value, str) or not _BUCKET.fullmatch(value) or ".." in value:
-        raise Cloud66InputError(
-            field,
-            f"must be an S3 bucket name (3-63 lowercase letters, digits, '.' or '-'), got {value!r:.80}",
-        )
-    return value
 
 
 def key_prefix(template: object, backup: Backup, stack_id: str, field: str = "s3_key_prefix") -> str:

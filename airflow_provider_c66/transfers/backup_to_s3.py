@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlsplit
 
 from airflow_provider_c66 import assets, validation
 from airflow_provider_c66.exceptions import Cloud66InputError
@@ -172,15 +172,15 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
         self._lineage: _Lineage | None = None  # what the try read and wrote, once the archive is complete
 
     # --- input ----------------------------------------------------------------------------------
-    def _validated(self) -> tuple[str, int, str, CopySettings, dict[str, Any]]:
-        """Every argument checked, before any request: (stack, backup id, bucket, settings, extra args)."""
+    def _validated(self) -> _ArchiveArgs:
+        """Every argument checked, before any request."""
         from airflow_provider_c66.transfers.copy import MAX_PART_SIZE, MIN_PART_SIZE, CopySettings
 
         stack = validation.stack_id(self.stack_id)
         # A Backup.to_dict() value (the sensor's XCom) carries the id; the record is fetched afresh.
         raw_id = self.backup_id.get("id") if isinstance(self.backup_id, Mapping) else self.backup_id
         ident = validation.backup_id(raw_id)
-        bucket = archive.bucket_name(self.s3_bucket)
+        bucket = validation.bucket_name(self.s3_bucket)
         if not isinstance(self.s3_key_prefix, str) or not self.s3_key_prefix.strip():
             raise Cloud66InputError(
                 "s3_key_prefix", f"must be a non-empty key prefix, got {self.s3_key_prefix!r:.80}"
@@ -214,11 +214,11 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
                 raise Cloud66InputError("sse_kms_key_id", "needs server_side_encryption='aws:kms'")
             extra["SSEKMSKeyId"] = validation.non_empty_str(self.sse_kms_key_id, "sse_kms_key_id")
         if self.tags:
-            extra["Tagging"] = _tagging(self.tags)
+            extra["Tagging"] = validation.tags(self.tags)
         extra.update(self._object_lock())
         budget = validation.positive_int(self.retry_budget, "retry_budget", maximum=3600)
         settings = CopySettings(part_size=part_size, max_concurrency=concurrency, retry_budget=float(budget))
-        return stack, ident, bucket, settings, extra
+        return _ArchiveArgs(stack, ident, bucket, settings, extra)
 
     def _object_lock(self) -> dict[str, Any]:
         """The Object Lock arguments of every write, or {} when none is asked for."""
@@ -246,7 +246,7 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
                 days=validation.positive_int(days, "object_lock_retain_days", maximum=MAX_RETAIN_DAYS)
             )
         else:
-            retain_until = _aware_datetime(until, "object_lock_retain_until")
+            retain_until = validation.aware_datetime(until, "object_lock_retain_until")
             if retain_until <= now:
                 raise Cloud66InputError(
                     "object_lock_retain_until", f"must be in the future, got {retain_until.isoformat()}"
@@ -259,7 +259,14 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
 
     # --- run ------------------------------------------------------------------------------------
     def execute(self, context: Any) -> list[str]:
-        stack, ident, bucket, settings, extra = self._validated()
+        args = self._validated()
+        stack, ident, bucket, settings, extra = (
+            args.stack,
+            args.backup_id,
+            args.bucket,
+            args.settings,
+            args.extra,
+        )
         verify_size = validation.flag(self.verify_backup_size, "verify_backup_size")
         self._cancel = cancel = _StopSignal()
         self._hook = hook = Cloud66Hook(self.cloud66_conn_id, cancel=cancel)
@@ -742,6 +749,17 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
 
 
 @dataclass(frozen=True)
+class _ArchiveArgs:
+    """The operator's arguments once checked: what a try works from."""
+
+    stack: str
+    backup_id: int
+    bucket: str
+    settings: CopySettings
+    extra: dict[str, Any]  # every S3 write's arguments: storage class, encryption, tags, Object Lock
+
+
+@dataclass(frozen=True)
 class _Lineage:
     """The archive's lineage: the backup (OpenLineage namespace and name) and each object with its size."""
 
@@ -819,29 +837,6 @@ def _file_ids(files: Sequence[BackupFile]) -> str:
 
 def _url_provider(hook: Cloud66Hook, stack: str, ident: int, file_id: str) -> Any:
     return lambda: hook.get_backup_file_url(stack, ident, file_id)
-
-
-def _tagging(tags: Mapping[str, str]) -> str:
-    if not isinstance(tags, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in tags.items()
-    ):
-        raise Cloud66InputError("tags", f"must be a mapping of strings to strings, got {tags!r:.80}")
-    if len(tags) > 10 or any(not k or len(k) > 128 or len(v) > 256 for k, v in tags.items()):
-        raise Cloud66InputError(
-            "tags", "allows at most 10 tags, keys of 1-128 and values of 0-256 characters"
-        )
-    return urlencode(dict(tags))
-
-
-def _aware_datetime(value: object, field: str) -> datetime:
-    if isinstance(value, str):
-        try:
-            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            raise Cloud66InputError(field, f"must be an ISO 8601 date-time, got {value!r:.40}") from None
-    if not isinstance(value, datetime) or value.tzinfo is None:
-        raise Cloud66InputError(field, f"must be a timezone-aware datetime, got {value!r:.40}")
-    return value.astimezone(UTC)
 
 
 MISSING_CODES = ("404", "NoSuchKey", "NotFound")  # what S3 answers for a key that holds nothing

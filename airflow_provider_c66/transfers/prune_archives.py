@@ -130,7 +130,7 @@ class Cloud66ArchivePruneOperator(BaseOperator):  # type: ignore[misc]
     def _validated(self) -> _Settings:
         """Every argument checked, before any request."""
         return _Settings(
-            bucket=archive.bucket_name(self.s3_bucket),
+            bucket=validation.bucket_name(self.s3_bucket),
             prefix=check_prefix(self.s3_prefix),
             policy=retention.RetentionPolicy.of(
                 keep_last=self.keep_last,

@@ -10,7 +10,6 @@ from airflow_provider_c66 import assets, validation
 from airflow_provider_c66.exceptions import Cloud66InputError
 from airflow_provider_c66.hooks.cloud66 import Cloud66Hook
 from airflow_provider_c66.redaction import mask_presigned_url
-from airflow_provider_c66.transfers import archive
 
 try:
     from airflow.providers.common.compat.sdk import AirflowException, BaseOperator
@@ -86,8 +85,8 @@ class S3ToCloud66ImportOperator(BaseOperator):  # type: ignore[misc]
     def execute(self, context: Any) -> str:
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
-        bucket = archive.bucket_name(self.s3_bucket)
-        key = self._key()
+        bucket = validation.bucket_name(self.s3_bucket)
+        key = validation.s3_key(self.s3_key)
         stack = validation.stack_id(self.stack_id)
         group = validation.group(self.group)
         db_type = validation.db_type(self.db_type)
@@ -209,16 +208,6 @@ class S3ToCloud66ImportOperator(BaseOperator):  # type: ignore[misc]
             expires,
         )
         return remaining
-
-    def _key(self) -> str:
-        key = self.s3_key
-        if isinstance(key, str) and key.startswith("s3://"):
-            raise Cloud66InputError("s3_key", "must be a key inside s3_bucket, not an s3:// URI")
-        if not isinstance(key, str) or not key or key.startswith("/") or any(ord(c) < 32 for c in key):
-            raise Cloud66InputError("s3_key", f"must be a relative object key, got {key!r:.80}")
-        if any(part in (".", "..") for part in key.split("/")):
-            raise Cloud66InputError("s3_key", f"must not contain '.' or '..' segments, got {key!r:.80}")
-        return key
 
 
 def bucket_region(location: str | None) -> str:

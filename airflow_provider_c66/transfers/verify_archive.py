@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from airflow_provider_c66 import validation
 from airflow_provider_c66.exceptions import Cloud66InputError
 from airflow_provider_c66.transfers import archive
 from airflow_provider_c66.transfers.backup_to_s3 import MISSING_CODES, read_manifest
@@ -151,7 +152,7 @@ def locate(value: object, field: str = "archive") -> tuple[str, str]:
             field, f"must be an s3:// URI of the archive (or the archive task's XCom), got {value!r:.80}"
         )
     bucket, _, key = value[len("s3://") :].partition("/")
-    archive.bucket_name(bucket, field)
+    validation.bucket_name(bucket, field)
     if not key or key.startswith("/") or any(part in (".", "..") for part in key.split("/")):
         raise Cloud66InputError(field, f"must name a key under the bucket, got {value!r:.80}")
     prefix = key if key.endswith("/") else key.rsplit("/", 1)[0] + "/"

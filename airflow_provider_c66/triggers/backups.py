@@ -12,7 +12,7 @@ from typing import Any, Literal
 from airflow.providers.common.compat.sdk import AirflowException
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_provider_c66 import watermark
+from airflow_provider_c66 import validation, watermark
 from airflow_provider_c66.exceptions import Cloud66ApiError, Cloud66ResponseError
 from airflow_provider_c66.hooks.cloud66 import Cloud66Hook
 from airflow_provider_c66.models import Backup
@@ -85,7 +85,7 @@ class Cloud66BackupTrigger(BaseTrigger):  # type: ignore[misc]
             }
         )
         self.end_time = float(end_time)
-        self.poll_interval = watermark.seconds(poll_interval, "poll_interval")
+        self.poll_interval = validation.seconds(poll_interval, "poll_interval")
         self.cloud66_conn_id = cloud66_conn_id
         self.started_at = time.time() if started_at is None else float(started_at)
         self.first_poll_at = None if first_poll_at is None else float(first_poll_at)
