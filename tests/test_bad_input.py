@@ -112,6 +112,7 @@ BAD = [
         "create-tables-type", "create", "excluded_tables", "wrong type in the list", excluded_tables=["a", 5]
     ),
     bad("create-tables-ctrl", "create", "excluded_tables", "control character", excluded_tables="a\nb"),
+    bad("create-tables-number", "create", "excluded_tables", "not a list or text (5)", excluded_tables=5),
     bad("create-replica", "create", "run_on_replica_server", "not a boolean (2)", run_on_replica_server=2),
     bad("create-poll-zero", "create", "poll_interval", "zero", poll_interval=0),
     bad("create-timeout-text", "create", "timeout", "not a number ('soon')", timeout="soon"),
