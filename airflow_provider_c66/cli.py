@@ -18,6 +18,7 @@ and errors go to standard error. Exit status: 0 done, 1 failed (the message says
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -75,9 +76,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         import airflow  # noqa: F401
 
         warnings.simplefilter("ignore")
+    # Results go to standard output and nothing else does: whatever Airflow or a library prints or
+    # logs there while the command runs goes to standard error.
+    args.out = sys.stdout
     try:
-        connections(args)
-        result: int = args.run(args)
+        with contextlib.redirect_stdout(sys.stderr):
+            connections(args)
+            result: int = args.run(args)
         return result
     except Cloud66InputError as exc:
         print(f"{PROG}: error: {OPTION_OF.get(exc.field, exc.field)}: {exc.problem}", file=sys.stderr)
@@ -164,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def connections(args: argparse.Namespace) -> None:
-    """Explicit settings become connections of this process only, so every path reads them alike."""
+    """Explicit settings become connections of this process only, so every path reads them alike;
+    a named connection found only in Airflow's metadata database is made visible the same way."""
     token = os.environ.get(TOKEN_ENV)
     if args.api_url and not token:
         raise Cloud66InputError("--api-url", f"needs the API token in the {TOKEN_ENV} environment variable")
@@ -181,6 +187,26 @@ def connections(args: argparse.Namespace) -> None:
         fields = {"conn_type": "aws", "extra": {k: v for k, v in extra.items() if v}}
         os.environ[f"AIRFLOW_CONN_{CLI_AWS_CONN.upper()}"] = json.dumps(fields)
         args.aws_conn_id = CLI_AWS_CONN
+    for conn_id in {args.cloud66_conn_id, args.aws_conn_id} - {CLI_CLOUD66_CONN, CLI_AWS_CONN}:
+        from_metadata_db(conn_id)
+
+
+def from_metadata_db(conn_id: str) -> None:
+    """Outside a task, Airflow 3's hooks see environment variables and secrets backends but not the
+    metadata database, where the UI and ``airflow connections add`` keep connections: a connection
+    found only there is handed to this process as an ``AIRFLOW_CONN_*`` variable."""
+    from airflow.providers.common.compat.sdk import BaseHook
+
+    try:
+        BaseHook.get_connection(conn_id)
+    except Exception:  # not visible outside a task: look in the metadata database
+        try:
+            from airflow.models.connection import Connection
+
+            found = Connection.get_connection_from_secrets(conn_id)
+        except Exception:  # not there either: the command's own lookup says so, in its terms
+            return
+        os.environ[f"AIRFLOW_CONN_{conn_id.upper()}"] = found.as_json()
 
 
 # --- list ---------------------------------------------------------------------------------------
@@ -196,7 +222,7 @@ def run_list(args: argparse.Namespace) -> int:
     )[:limit]
     if args.json:
         for backup in backups:
-            print(json.dumps(backup.to_dict(), sort_keys=True))
+            print(json.dumps(backup.to_dict(), sort_keys=True), file=args.out)
         return EXIT_OK
     rows = [
         (
@@ -209,9 +235,10 @@ def run_list(args: argparse.Namespace) -> int:
         )
         for b in backups
     ]
-    print_table(("id", "date (UTC)", "db type", "database", "status", "size"), rows, right={0, 5})
+    print_table(args.out, ("id", "date (UTC)", "db type", "database", "status", "size"), rows, right={0, 5})
     if not backups:
-        print(f"No backups of stack {stack!r}" + (f" of type {args.db_type}" if args.db_type else "") + ".")
+        kind = f" of type {args.db_type}" if args.db_type else ""
+        print(f"No backups of stack {stack!r}{kind}.", file=args.out)
     return EXIT_OK
 
 
@@ -248,9 +275,9 @@ def run_archive(args: argparse.Namespace) -> int:
     if args.latest is not None:
         operator.backup_id = latest_backup(args, stack).id
     with StopOnSignals(operator):
-        uris: list[str] = operator.execute({})
+        uris: list[str] = execute(operator)
     for uri in uris:
-        print(uri)
+        print(uri, file=args.out)
     return EXIT_OK
 
 
@@ -320,14 +347,29 @@ def run_verify(args: argparse.Namespace) -> int:
     operator = Cloud66ArchiveVerifyOperator(
         task_id="c66_backups_verify", archive=args.archive, aws_conn_id=args.aws_conn_id
     )
-    result = operator.execute({})
+    result = execute(operator)
     for uri, digest in result["sha256"].items():
-        print(f"ok  {uri}  sha256 {digest}")
-    print(f"Verified {result['objects']} object(s), {result['bytes']:,} bytes, against {result['manifest']}")
+        print(f"ok  {uri}  sha256 {digest}", file=args.out)
+    print(
+        f"Verified {result['objects']} object(s), {result['bytes']:,} bytes, against {result['manifest']}",
+        file=args.out,
+    )
     return EXIT_OK
 
 
 # --- helpers ------------------------------------------------------------------------------------
+def execute(operator: Any) -> Any:
+    """An operator's ``execute`` called as Airflow's task runner calls it (with the safeguard's token,
+    which otherwise warns that it runs outside a task), with an empty context: no asset events, no
+    task state store, so a failed copy aborts its upload."""
+    try:
+        from airflow.sdk.bases.operator import ExecutorSafeguard
+    except ImportError:  # a release without the safeguard
+        return operator.execute({})
+    token = {f"{type(operator).__name__}__sentinel": ExecutorSafeguard.sentinel_value}
+    return operator.execute({}, **token)
+
+
 def split_s3_uri(value: str, field: str) -> tuple[str, str]:
     """(bucket, prefix) of ``s3://bucket[/prefix]``; the prefix may be empty."""
     from airflow_provider_c66 import validation
@@ -432,14 +474,17 @@ class Progress(CopyObserver):
         self.stream.flush()
 
 
-def print_table(header: Sequence[str], rows: Sequence[Sequence[str]], *, right: set[int]) -> None:
+def print_table(
+    out: TextIO, header: Sequence[str], rows: Sequence[Sequence[str]], *, right: set[int]
+) -> None:
     widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=False)]
     for cells in (header, *rows):
         print(
             "  ".join(
                 cell.rjust(width) if index in right else cell.ljust(width)
                 for index, (cell, width) in enumerate(zip(cells, widths, strict=True))
-            ).rstrip()
+            ).rstrip(),
+            file=out,
         )
 
 
