@@ -44,9 +44,11 @@ with DAG(
     def describe_archive(params: dict[str, Any]) -> dict[str, Any]:
         """What the approver is shown: the object's size and date, and the backup its manifest names."""
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+        from botocore.exceptions import ClientError
 
         from airflow_provider_c66.transfers.archive import MANIFEST_NAME
         from airflow_provider_c66.transfers.backup_to_s3 import head_object, read_manifest
+        from airflow_provider_c66.transfers.copy import s3_error_code
 
         bucket, key = params["s3_bucket"], params["s3_key"]
         client = S3Hook(aws_conn_id="aws_default").get_conn()
@@ -55,7 +57,12 @@ with DAG(
             raise ValueError(f"s3://{bucket}/{key} does not exist: nothing to restore")
         try:
             manifest = read_manifest(client, bucket, key.rpartition("/")[0] + "/" + MANIFEST_NAME) or {}
-        except ValueError:
+        except ValueError:  # not JSON: not this package's manifest
+            manifest = {}
+        except ClientError as exc:
+            # With the README's restore policy (no s3:ListBucket) a missing key answers 403, not 404.
+            if s3_error_code(exc) not in ("403", "AccessDenied"):
+                raise
             manifest = {}
         backup = manifest.get("backup") or {}
         return {

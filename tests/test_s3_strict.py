@@ -212,6 +212,49 @@ def test_restore_with_the_documented_policy_reads_an_sse_kms_archive(
     assert policy.denied == []
 
 
+def test_the_restore_dags_description_reads_under_the_documented_policy(
+    s3_client: Any, proxy: S3Proxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the restore example shows its approver is read with the README's restore policy alone.
+    Without s3:ListBucket, AWS answers 403 (not 404) for the missing manifest beside an object this
+    package did not write: that means "no manifest", not a failed run."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "example_dags" / "cloud66_restore_from_s3.py"
+    spec = importlib.util.spec_from_file_location("restore_dag_strict", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    describe = module.describe_archive.function
+
+    target = bucket(s3_client)
+    ours, foreign = "cloud66/stack-1/mysql/app_db/2026/03/04/7/app_db.tar", "cloud66/imported/other.tar"
+    s3_client.put_object(Bucket=target, Key=ours, Body=b"x" * 10)
+    manifest = {"stack_id": "stack-1", "backup": {"id": 7, "db_type": "mysql", "database_name": "app_db"}}
+    manifest["backup"]["backup_date_iso"] = "2026-03-04T05:06:07Z"
+    s3_client.put_object(
+        Bucket=target, Key=ours.rsplit("/", 1)[0] + "/manifest.json", Body=json.dumps(manifest)
+    )
+    s3_client.put_object(Bucket=target, Key=foreign, Body=b"y" * 3)
+    policy = policy_for(target, "restore")
+    proxy.enforce(policy)
+    connect(monkeypatch, proxy)
+
+    described = describe({"s3_bucket": target, "s3_key": ours})
+    assert (described["size"], described["backup"]) == (
+        10,
+        "backup 7 of stack-1: mysql database app_db, taken 2026-03-04T05:06:07Z",
+    )
+    assert policy.denied == []
+    described = describe({"s3_bucket": target, "s3_key": foreign})
+    assert (described["size"], described["backup"]) == (
+        3,
+        "no manifest beside it: not an archive this package wrote",
+    )
+    assert policy.denied == [("GetObject", "s3:ListBucket")]  # the missing manifest: 403, as on AWS
+
+
 # -- S3-compatible stores: checksums ---------------------------------------------------------------
 
 
