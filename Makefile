@@ -70,7 +70,7 @@ test-deployment: $(VENV)/.installed-$(AIRFLOW_VERSION)
 # The same on the CeleryExecutor at scale: Redis (Debian's package, installed when missing) as the broker,
 # two Celery workers, 200 (stack, db_type) pairs against the emulator with its rate budget scaled down to
 # 300 requests a minute, so the run must wait for the budget's resets (deploy/README.md; about 5 minutes).
-CELERY_DEPLOYMENT_ARGS ?= --stacks 50 --types-per-stack 4 --budget 300 --budget-window 60 --no-verify-dag
+CELERY_DEPLOYMENT_ARGS ?= --stacks 50 --types-per-stack 4 --budget 300 --budget-window 60 --no-verify-dag --run-timeout 720
 # Celery 5.7 dropped celery.backends.database.retry, which the Celery provider 3.26.0 still imports.
 test-deployment-celery: $(VENV)/.installed-$(AIRFLOW_VERSION)
 	$(VENV)/bin/uv pip install -q -p $(VENV)/bin/python 'psycopg2-binary>=2.9' 'asyncpg>=0.29' \
