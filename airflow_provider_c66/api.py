@@ -7,9 +7,11 @@ retry policy, one error mapping and one envelope parser for the whole package.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import re
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -186,8 +188,7 @@ def interpret(request: ApiRequest, status: int, headers: Mapping[str, str], body
     if status == 503 and error_id == "throttled":
         reset = budget_reset_at(headers)
         throttled = Cloud66RateLimitError(
-            f"{where}: the Cloud 66 hourly request budget is spent ({detail}); it resets at "
-            f"{_utc(reset)}. Airflow's task retry (retries/retry_delay) can take over from here.",
+            f"{where}: the Cloud 66 hourly request budget is spent ({detail}); it resets at {_utc(reset)}.",
             reset_at=datetime.fromtimestamp(reset, UTC),
             **ctx,
         )
@@ -271,39 +272,77 @@ class RetryPolicy:
 
 
 class RateBudget:
-    """The hourly budget as last reported; shared by all calls of one hook.
+    """Cloud 66's hourly request budget as its answers last reported it.
 
-    When an answer says ``X-RateLimit-Remaining: 0`` the next call waits for the reset (within
-    ``max_rate_limit_wait``) instead of spending a request on a certain ``503 throttled``.
+    One budget is shared by every hook in a process that uses the same API URL and token
+    (:meth:`shared`): a triggerer running 200 waits learns from the first ``503 throttled`` that the
+    budget is spent, and none of the others sends a request until the reset. Tasks in other processes
+    learn the same from the API's own answers (``X-RateLimit-Remaining``, ``503 throttled``).
+
+    A spent budget with a known reset time (``Retry-After`` or ``X-RateLimit-Reset`` on the throttled
+    answer, else Cloud 66's documented "until the next hour") holds every call until then, within
+    ``max_rate_limit_wait``. An answer that says ``X-RateLimit-Remaining: 0`` but not when the budget
+    resets does not hold calls: the next call is sent, and its ``503 throttled`` answer (which costs
+    no budget) tells the reset. Guessing "the top of the hour" there would stall a task for up to an
+    hour whenever Cloud 66's window is not the clock hour.
     """
+
+    _shared: dict[str, RateBudget] = {}
+    _shared_lock = threading.Lock()
 
     def __init__(self) -> None:
         self.reset_at: float | None = None
 
+    @classmethod
+    def shared(cls, base_url: str, token: str) -> RateBudget:
+        """The process's one budget for this API URL and token (the token is kept only as a hash)."""
+        key = hashlib.sha256(f"{base_url}\n{token}".encode()).hexdigest()
+        with cls._shared_lock:
+            budget = cls._shared.get(key)
+            if budget is None:
+                budget = cls._shared[key] = cls()
+            return budget
+
+    @classmethod
+    def forget_shared(cls) -> None:
+        """Forget every shared budget (tests: as if every window had reset)."""
+        with cls._shared_lock:
+            for budget in cls._shared.values():
+                budget.reset_at = None
+
     def observe(self, outcome: Outcome, headers: Mapping[str, str]) -> None:
         if outcome.reset_at is not None:
             self.reset_at = outcome.reset_at
-        elif outcome.page is not None and outcome.page.remaining == 0:
+        elif outcome.page is not None and outcome.page.remaining == 0 and _announces_reset(headers):
             self.reset_at = budget_reset_at(headers)
         elif outcome.page is not None:
             self.reset_at = None
 
+    def spent_until(self, now: float | None = None) -> float | None:
+        """When the budget is known to be spent: the epoch second it resets; else None."""
+        now = time.time() if now is None else now
+        return self.reset_at if self.reset_at is not None and self.reset_at > now else None
+
     def wait_before(self, request: ApiRequest, policy: RetryPolicy, now: float | None = None) -> float:
         """Seconds to wait before sending; raises when the reset is further away than allowed."""
         now = time.time() if now is None else now
-        if self.reset_at is None or self.reset_at <= now:
+        reset_at = self.spent_until(now)
+        if reset_at is None:
             return 0.0
-        wait = self.reset_at - now
+        wait = reset_at - now
         if wait > policy.max_rate_limit_wait:
             raise Cloud66RateLimitError(
                 f"{request.method} {request.path}: the Cloud 66 hourly request budget is spent; it resets at "
-                f"{_utc(self.reset_at)}, later than the {policy.max_rate_limit_wait:.0f} s this task may wait. "
-                "Airflow's task retry (retries/retry_delay) can take over from here.",
-                reset_at=datetime.fromtimestamp(self.reset_at, UTC),
+                f"{_utc(reset_at)}, later than the {policy.max_rate_limit_wait:.0f} s this call may wait.",
+                reset_at=datetime.fromtimestamp(reset_at, UTC),
                 method=request.method,
                 path=request.path,
             )
         return wait
+
+
+def _announces_reset(headers: Mapping[str, str]) -> bool:
+    return _header(headers, "Retry-After") is not None or _header(headers, "X-RateLimit-Reset") is not None
 
 
 class Attempts:

@@ -273,6 +273,23 @@ _NAME_PART = re.compile(r"(\.tar(?:\.gz)?)[.-]([a-z]{2,4})$")
 
 
 @dataclass(frozen=True)
+class Stack:
+    """A stack the token can see (``GET /stacks``): what discovery filters on."""
+
+    uid: str
+    name: str
+    environment: str = ""
+
+    @classmethod
+    def from_api(cls, raw: object) -> Stack:
+        rec = _Record("stack", raw)
+        uid = rec.read_str("uid", required=True)
+        if not uid:
+            raise rec._fail("uid", "is empty")
+        return cls(uid=uid, name=rec.read_str("name") or uid, environment=rec.read_str("environment"))
+
+
+@dataclass(frozen=True)
 class BackupFile:
     """One file of a backup: the whole archive (``tar``) or one split part (``tar-aa``, ``tar-ab`` ...)."""
 

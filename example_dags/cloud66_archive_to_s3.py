@@ -1,13 +1,16 @@
 """Archive the latest successful Cloud 66 backup of every configured stack and database into S3, daily.
 
-Use it to keep your own copy of Cloud 66 managed backups in an S3 data lake. Each (stack, db_type)
-pair gets its own mapped sensor and copy: the sensor (deferrable, so it holds no worker slot) waits
-for a backup made in the ``lookback_hours`` before the run's data interval ends (for a daily run, the
-interval itself; for a manual run, the day before it was triggered), the copy streams the newest into
+Use it to keep your own copy of Cloud 66 managed backups in an S3 data lake. Each stack gets its own
+mapped sensor and copy: the sensor (deferrable, so it holds no worker slot) waits until every
+database type archived from the stack has a backup made in the ``lookback_hours`` before the run's
+data interval ends (for a daily run, the interval itself; for a manual run, the day before it was
+triggered), with one list request per poll for all of them; the copy streams each newest backup into
 ``s3://<bucket>/cloud66/<stack>/<db_type>/<database>/<YYYY>/<MM>/<DD>/<backup id>/`` with a
-``manifest.json``, and a summary lists what landed. A failed backup fails its own mapped tasks only;
-the summary then fails the run after reporting, so the failure is visible. A second run for the same
-interval finds the complete archives and copies nothing.
+``manifest.json``, and a summary lists what landed. A failed backup fails its own stack's tasks
+only (that stack's other types are archived by the next run); the summary then fails the run after
+reporting, so the failure is visible. A second run for the same interval finds the complete
+archives and copies nothing. When Cloud 66's hourly request budget is spent, tasks wait for its
+reset instead of failing, and the targets task warns when the poll interval cannot fit the budget.
 
 Retention, off by default: set the ``retention`` param to keep_* counts (for example
 ``{"keep_daily": 7, "keep_weekly": 4, "keep_monthly": 12, "keep_yearly": 5}``) and, once a week (on
@@ -19,8 +22,10 @@ With ``retention`` null (the default) nothing is ever deleted.
 Connections: ``cloud66_default`` (Cloud 66 access token, ``public`` scope) and ``aws_default``
 (write access to the bucket; with retention, also the README's prune policy). Configuration, read
 when the run starts (never at parse time): the Airflow Variable ``cloud66_archive_targets`` (JSON
-list of ``{"stack_id": ..., "db_type": ...}``) or the ``targets`` param, the ``s3_bucket`` param,
-and ``retention`` and ``prune_weekday``.
+list of ``{"stack_id": ..., "db_type": ...}``, or ``{"discover": {...}}``), else the ``discover``
+param (every stack the token sees, filtered by ``include``/``exclude`` globs on uid or name, with
+the types each backed up in the last ``max_age_days``), else the ``targets`` param; the ``s3_bucket``
+param, and ``retention`` and ``prune_weekday``.
 """
 
 from __future__ import annotations
@@ -66,6 +71,12 @@ with DAG(
             type="array",
             description="(stack_id, db_type) pairs; the Variable cloud66_archive_targets wins when set",
         ),
+        "discover": Param(
+            None,
+            type=["null", "object"],
+            description='instead of targets, every stack the token sees, e.g. {"include": ["prod-*"], '
+            '"exclude": ["*-staging"], "db_types": ["mysql", "postgresql"], "max_age_days": 7}',
+        ),
         "s3_bucket": Param("my-data-lake", type="string", description="destination bucket"),
         "lookback_hours": Param(24, type="integer", minimum=1, description="how far back a backup counts"),
         "s3_key_prefix": Param(
@@ -85,30 +96,40 @@ with DAG(
 ) as dag:
 
     @task
-    def targets(params: dict[str, Any]) -> list[dict[str, str]]:
-        """The (stack, db_type) pairs to archive, checked before any sensor starts."""
+    def targets(params: dict[str, Any]) -> list[dict[str, Any]]:
+        """The stacks to archive, each with its database types, checked before any sensor starts."""
+        import logging
+
         from airflow.sdk import Variable
 
-        from airflow_provider_c66 import validation
+        from airflow_provider_c66 import targets as lake
+        from airflow_provider_c66.budget import ScheduleCost
+        from airflow_provider_c66.hooks.cloud66 import Cloud66Hook
 
+        log = logging.getLogger("airflow.task")
         configured = Variable.get("cloud66_archive_targets", default=None, deserialize_json=True)
-        items = configured if configured is not None else params["targets"]
-        if not isinstance(items, list) or not items:
-            raise ValueError("targets: must be a non-empty list of {'stack_id': ..., 'db_type': ...}")
-        return [
-            {
-                "stack_id": validation.stack_id(item.get("stack_id")),
-                "db_type": validation.db_type(item.get("db_type")),
-            }
-            for item in items
-        ]
+        if isinstance(configured, dict) and set(configured) == {"discover"}:
+            configured, discover = None, configured["discover"]
+        else:
+            discover = params.get("discover")
+        if configured is None and discover is not None:
+            chosen = lake.Discovery.from_json(discover).targets(Cloud66Hook(), log)
+            log.info("Discovered %d stack(s) to archive", len(chosen))
+        else:
+            chosen = lake.from_pairs(configured if configured is not None else params["targets"])
+        archives = sum(len(t.db_types) for t in chosen)
+        problem = ScheduleCost(stacks=len(chosen), poll_interval=POKE_INTERVAL, archives=archives).problem()
+        if problem:
+            log.warning("The Cloud 66 request budget is tight: %s", problem)
+        return [t.to_json() for t in chosen]
 
     @task_group
-    def archive(stack_id: str, db_type: str) -> Any:
+    def archive(stack_id: str, db_types: list[str]) -> Any:
+        # One sensor per stack: each poll is one list request for all its database types.
         wait = Cloud66BackupSensor(
             task_id="wait_for_backup",
             stack_id=stack_id,
-            db_type=db_type,
+            db_type=db_types,
             newer_than=NEWER_THAN,
             deferrable=True,
             poke_interval=POKE_INTERVAL,
@@ -117,21 +138,25 @@ with DAG(
         return Cloud66BackupToS3Operator(
             task_id="copy_to_s3",
             stack_id=stack_id,
-            backup_id=wait.output,
+            backup_id=wait.output,  # one record per type, each archived in turn
             s3_bucket="{{ params.s3_bucket }}",
             s3_key_prefix="{{ params.s3_key_prefix }}",
         ).output
 
     @task(trigger_rule="all_done", retries=0)  # upstream states are final: a retry cannot change them
-    def summary(archived: Any, wanted: list[dict[str, str]]) -> dict[str, Any]:
-        """List what landed; fail the run (after reporting) if any pair was not archived."""
-        uris = [uri for result in archived or [] if result for uri in result]
+    def summary(archived: Any, wanted: list[dict[str, Any]]) -> dict[str, Any]:
+        """List what landed; fail the run (after reporting) if any archive is missing."""
+        results = list(archived or [])
+        if results and all(isinstance(r, str) for r in results):
+            results = [results]  # Airflow hands over a lone successful copy's value unwrapped
+        uris = [uri for result in results if result for uri in result]
         for uri in uris:
             print(f"archived {uri}")
-        done = sum(1 for result in archived or [] if result)
-        if done < len(wanted):
+        done = len({uri.rsplit("/", 1)[0] for uri in uris})  # one key prefix per archive
+        expected = sum(len(target["db_types"]) for target in wanted)
+        if done < expected:
             raise RuntimeError(
-                f"{len(wanted) - done} of {len(wanted)} backups were not archived; see the mapped tasks"
+                f"{expected - done} of {expected} backups were not archived; see the mapped tasks"
             )
         return {"archived": done, "uris": uris}
 

@@ -285,7 +285,8 @@ def watch_manifests(report: Report, client: Any, bucket: str, started: float) ->
 
 
 def copy_results(dagrun: Any) -> list[tuple[list[str], float | None]]:
-    """Each successful copy task's keys (its return value) and run time, in map order."""
+    """Each archive's keys (from its copy task's return value) and, when the task made only that
+    archive, the task's run time; in map order."""
     from airflow.models.taskinstance import TaskInstance
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
@@ -310,10 +311,13 @@ def copy_results(dagrun: Any) -> list[tuple[list[str], float | None]]:
                 )
             ).first()
             uris = [] if row is None else XComModel.deserialize_value(row) or []
-            if not uris:
-                continue
+            archives: dict[str, list[str]] = {}  # a copy task archives each of its stack's types
+            for uri in uris:
+                key = uri.split("/", 3)[3]
+                archives.setdefault(key.rsplit("/", 1)[0], []).append(key)
             seconds = (ti.end_date - ti.start_date).total_seconds() if ti.start_date and ti.end_date else None
-            results.append(([uri.split("/", 3)[3] for uri in uris], seconds))
+            for keys in archives.values():  # a task's time is one archive's only when it made one
+                results.append((keys, seconds if len(archives) == 1 else None))
     return results
 
 

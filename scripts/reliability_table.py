@@ -56,6 +56,7 @@ OUTCOMES = (
     "accepted after checking the object",
     "retryable error, nothing completed",
     "left in place and reported",
+    "waits for the budget's reset (no try spent), then succeeds",
 )
 
 

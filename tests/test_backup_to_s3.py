@@ -346,3 +346,53 @@ def test_written_objects_are_announced_as_assets(emu, s3_client, s3_bucket, aws_
             select(AssetAliasModel).where(AssetAliasModel.name == "cloud66-backup-archives")
         )
         assert alias is not None and uri in [a.uri for a in alias.assets]
+
+
+def test_a_list_of_sensor_records_is_archived_one_after_the_other_without_reading_them_again(
+    cloud66_emulator, s3_client, s3_bucket, aws_connection
+):
+    from airflow_provider_c66.models import Backup
+
+    emu = cloud66_emulator
+    first = emu.add_backup("stack-1", size=3000, backup_date=datetime(2026, 2, 1, tzinfo=UTC))
+    second = emu.add_backup(
+        "stack-1",
+        db_type="redis",
+        database_name="cache",
+        size=2000,
+        backup_date=datetime(2026, 2, 2, tzinfo=UTC),
+    )
+    records = [Backup.from_api(r).to_dict() for r in emu.backups("stack-1") if r["id"] in (first, second)]
+    uris = Cloud66BackupToS3Operator(
+        task_id="copy", stack_id="stack-1", backup_id=records, s3_bucket=s3_bucket, asset_alias=None
+    ).execute({})
+    assert len(uris) == 2
+    for uri, bid in zip(uris, [r["id"] for r in records], strict=True):
+        assert f"/{bid}/" in uri
+        assert s3_client.get_object(Bucket=s3_bucket, Key=uri.split("/", 3)[3])["Body"].read() == b"".join(
+            emu.iter_archive("stack-1", bid)
+        )
+    api = [r.path for r in emu.requests if r.kind == "api"]
+    assert not any(p.endswith(f"/backups/{first}.json") or p.endswith(f"/backups/{second}.json") for p in api)
+
+    # A dict that is not a whole record gives only its id: the record is read.
+    emu.clear_requests()
+    Cloud66BackupToS3Operator(
+        task_id="copy", stack_id="stack-1", backup_id={"id": first}, s3_bucket=s3_bucket, asset_alias=None
+    ).execute({})
+    assert (
+        next(r.path for r in emu.requests if r.kind == "api") == f"/api/3/stacks/stack-1/backups/{first}.json"
+    )
+
+
+@pytest.mark.parametrize(
+    ("backup_id", "message"),
+    [([], "is an empty list"), ([3, {"id": 3}], "names a backup twice"), ([1, "x"], "backup_id")],
+)
+def test_a_bad_list_of_backups_is_refused_before_any_request(cloud66_emulator, s3_bucket, backup_id, message):
+    op = Cloud66BackupToS3Operator(
+        task_id="copy", stack_id="stack-1", backup_id=backup_id, s3_bucket=s3_bucket
+    )
+    with pytest.raises(Cloud66InputError, match=message):
+        op.execute({})
+    assert cloud66_emulator.requests == []

@@ -233,7 +233,15 @@ BAD = [
     bad("transfer-backup-none", "transfer", "backup_id", "wrong type (None)", backup_id=None),
     bad("transfer-backup-text", "transfer", "backup_id", "not an integer ('12abc')", backup_id="12abc"),
     bad("transfer-backup-dict", "transfer", "backup_id", "a record with a negative id", backup_id={"id": -4}),
-    bad("transfer-backup-list", "transfer", "backup_id", "wrong type (list)", backup_id=[1]),
+    bad("transfer-backup-list", "transfer", "backup_id", "a list holding a non-id", backup_id=[1, "x"]),
+    bad("transfer-backup-empty-list", "transfer", "backup_id", "an empty list", backup_id=[]),
+    bad(
+        "sensor-db-type-list",
+        "sensor",
+        "db_type",
+        "a list with a type the API does not know",
+        db_type=["mysql", "oracle"],
+    ),
     bad("transfer-bucket-empty", "transfer", "s3_bucket", "empty string", s3_bucket=""),
     bad(
         "transfer-bucket-traversal",

@@ -258,16 +258,37 @@ def test_throttled_with_a_far_reset_raises_rate_limit_error(cloud66_emulator_fac
 
 @pytest.mark.reliability(
     area="API",
-    fault="hourly budget spent mid-run (X-RateLimit-Remaining: 0): no request is spent on a certain 503",
+    fault="hourly budget spent mid-run (X-RateLimit-Remaining: 0, no reset time): one throttled answer tells the reset, then no request until it",
     outcome="clear error",
 )
-def test_remaining_zero_stops_further_requests_until_reset(cloud66_emulator_factory):
+def test_remaining_zero_without_a_reset_time_probes_once_then_holds_every_hook(cloud66_emulator_factory):
     emu = cloud66_emulator_factory(budget_window=3600.0, hourly_budget=1)
     hook = Cloud66Hook(retry_policy=FAST)
-    hook.list_backups("stack-1")  # spends the only request; the answer says Remaining: 0
+    hook.list_backups("stack-1")  # spends the only request; the answer says Remaining: 0, not when it resets
+    with pytest.raises(Cloud66RateLimitError, match="resets at") as info:
+        hook.list_backups("stack-1")  # sent: its 503 throttled answer (no budget spent) says when
+    assert info.value.reset_at is not None and info.value.reset_at > datetime.now(UTC) + timedelta(minutes=59)
+    other = Cloud66Hook(retry_policy=FAST)  # another task of this process, same URL and token
+    with pytest.raises(Cloud66RateLimitError, match="resets at"):
+        other.get_backup("stack-1", 1)
+    assert [r.status for r in api_requests(emu)] == [200, 503], "nothing is sent once the reset is known"
+
+
+def test_a_budget_is_shared_only_by_hooks_with_the_same_url_and_token(cloud66_emulator_factory, monkeypatch):
+    spent = cloud66_emulator_factory(budget_window=3600.0, conn_id="spent")
+    fresh = cloud66_emulator_factory(budget_window=3600.0, conn_id="fresh")
+    spent.set_remaining(0)
     with pytest.raises(Cloud66RateLimitError):
-        hook.list_backups("stack-1")
-    assert len(api_requests(emu)) == 1, "no request is spent on a certain 503 throttled"
+        Cloud66Hook("spent", retry_policy=FAST).list_backups("stack-1")
+    assert Cloud66Hook("fresh", retry_policy=FAST).list_backups("stack-1") == []
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_OTHER_TOKEN",
+        json.dumps({"conn_type": "cloud66", "host": spent.base_url, "password": "another-token"}),
+    )
+    spent.add_token("another-token", ("public",))
+    assert Cloud66Hook("other_token", retry_policy=FAST).list_backups("stack-1") == []
+    assert [r.status for r in api_requests(fresh)] == [200]
+    assert [r.status for r in api_requests(spent)] == [503, 200]
 
 
 BAD_CALLS = [

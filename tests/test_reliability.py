@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -23,6 +24,7 @@ from botocore.exceptions import ClientError
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from airflow_provider_c66 import budget
 from airflow_provider_c66.api import RetryPolicy
 from airflow_provider_c66.exceptions import Cloud66ApiError, Cloud66ResponseError
 from airflow_provider_c66.hooks.cloud66 import Cloud66Hook
@@ -128,36 +130,62 @@ def s3_event_hooks(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Callable[
 # --- the API ----------------------------------------------------------------------------------------
 @reliability(
     area="API",
-    fault="503 throttled: hourly budget spent mid-transfer (a URL refresh is refused)",
-    outcome="aborted, nothing left",
+    fault="503 throttled: hourly budget spent mid-transfer, on the last try (a URL refresh is refused)",
+    outcome="waits for the budget's reset (no try spent), then succeeds",
 )
-@reliability(
-    area="API",
-    fault="503 throttled mid-transfer, then the task retry after the reset",
-    outcome="retried and succeeded",
-)
-def test_budget_spent_mid_transfer_aborts_then_the_retry_after_the_reset_completes(
-    cloud66_emulator, s3_client, s3_bucket, aws_connection, on_part
+def test_budget_spent_mid_transfer_reschedules_after_the_reset_and_the_next_run_resumes(
+    cloud66_emulator_factory, s3_client, s3_bucket, aws_connection, on_part, s3_event_hooks
 ):
-    emu = cloud66_emulator
-    bid = emu.add_backup("stack-1", size=12 * MiB + 5, backup_date=DATE)
+    from airflow.exceptions import AirflowRescheduleException
 
-    def spend_budget_and_expire() -> None:  # the upload is open; the next URL fetch is throttled
+    emu = cloud66_emulator_factory(budget_window=3600.0, split_threshold=64 * MiB)
+    bid = emu.add_backup("stack-1", size=12 * MiB + 5, backup_date=DATE)
+    parts: list[int] = []
+    s3_event_hooks.append(
+        ("provide-client-params.s3.UploadPart", lambda params, **_: parts.append(params["PartNumber"]))
+    )
+
+    def spend_budget_and_expire() -> None:  # part 1 is under way; the next URL fetch is throttled
         emu.set_remaining(0)
         emu.expire_urls()
 
-    on_part(1, spend_budget_and_expire)
-    with pytest.raises(CopyError) as info:
-        make_op(s3_bucket, bid).execute({})
-    message = str(info.value)
-    assert "could not get a signed URL" in message
-    assert "hourly request budget is spent" in message and "resets at" in message
-    assert [r.status for r in emu.requests if r.kind == "api"][-1] == 503
-    assert_nothing_left(s3_client, s3_bucket)
+    on_part(2, spend_budget_and_expire)
+    last_try = {"ti": SimpleNamespace(try_number=1, max_tries=0, map_index=3)}
+    with pytest.raises(AirflowRescheduleException) as info:
+        make_op(s3_bucket, bid, max_concurrency=1).execute(last_try)
+    reset = datetime.fromtimestamp(emu.budget_resets_at(), UTC)
+    assert reset <= info.value.reschedule_date <= reset + timedelta(seconds=budget.RESET_SPREAD)
+    assert isinstance(info.value.__cause__, CopyError)
+    assert "hourly request budget is spent" in str(info.value.__cause__)
+    statuses = [r.status for r in emu.requests if r.kind == "api"]
+    assert statuses.count(503) == 1, "one throttled answer; nothing more is sent until the reset"
+    assert keys(s3_client, s3_bucket) == [], "no object, no manifest"
+    assert len(open_uploads(s3_client, s3_bucket)) == 1, "a reschedule is not a failure: the upload stays"
+    assert parts == [1]
 
-    emu.set_remaining(3000)  # the hour has passed; Airflow's task retry runs the operator again
-    make_op(s3_bucket, bid).execute({})
+    emu.set_remaining(3000)  # the reset has come; the scheduler runs the task again (same try)
+    parts.clear()
+    make_op(s3_bucket, bid, max_concurrency=1).execute(last_try)
     assert_archived(s3_client, s3_bucket, emu, bid)
+    assert parts == [2, 3], "part 1, already in S3, is not uploaded again"
+
+
+@reliability(
+    area="API",
+    fault="hourly budget spent before a plain (unmapped) transfer starts, on an Airflow that keeps no reschedule date for it",
+    outcome="waits for the budget's reset (no try spent), then succeeds",
+)
+def test_budget_spent_where_the_scheduler_would_not_keep_a_reschedule_date_waits_in_place(
+    cloud66_emulator_factory, s3_client, s3_bucket, aws_connection, monkeypatch
+):
+    monkeypatch.setattr(budget, "RESCHEDULE_HONOURED_FROM", (99, 0))
+    emu = cloud66_emulator_factory(budget_window=2.0)
+    bid = emu.add_backup("stack-1", size=MiB, backup_date=DATE)
+    emu.set_remaining(0)
+    monkeypatch.setattr(budget, "RESET_SPREAD", 1.5)
+    make_op(s3_bucket, bid).execute({"ti": SimpleNamespace(try_number=1, max_tries=0, map_index=-1)})
+    assert_archived(s3_client, s3_bucket, emu, bid)
+    assert next(r.status for r in emu.requests if r.kind == "api") == 503
 
 
 # Strings a record's fields can hold that are close to valid: ids, counts, and timestamps, some at

@@ -377,3 +377,56 @@ def test_bad_templated_input_fails_the_task_before_any_request(cloud66_emulator,
     assert dagrun.state == "failed"
     assert isinstance(failures.only, Cloud66InputError) and failures.only.field == "db_type"
     assert cloud66_emulator.requests == []
+
+
+@pytest.mark.parametrize("mode", ["poke", "deferrable"])
+def test_several_types_are_waited_for_with_one_request_per_poll(cloud66_emulator, run_dag, mode):
+    """db_type as a list: done when every type has a new backup; each poll is one unfiltered read."""
+    emu = cloud66_emulator
+    emu.add_backup("stack-1", backup_date=RUN - timedelta(hours=1))  # before the watermark
+    new: dict[str, int] = {}
+    when_requests(emu, 1, lambda: new.update(mysql=emu.add_backup("stack-1", backup_date=NOW)))
+    when_requests(
+        emu,
+        3,
+        lambda: new.update(
+            redis=emu.add_backup("stack-1", db_type="redis", database_name="cache", backup_date=NOW)
+        ),
+    )
+
+    dagrun = run_sensor(
+        run_dag, f"sensor_types_{mode}", db_type=["redis", "mysql"], poke_interval=0.2, **mode_args(mode)
+    )
+
+    assert dagrun.state == "success"
+    assert xcom_value(dagrun, "wait") == [record(emu, new["redis"]), record(emu, new["mysql"])]
+    gets = list_gets(emu)
+    assert len(gets) >= 3 and len(emu.requests) == len(gets)
+    assert {tuple(sorted(r.query)) for r in gets} == {("page",)}, "not filtered by type: one read serves all"
+
+
+def test_several_types_fail_at_once_on_a_failed_backup_of_any(cloud66_emulator, run_dag):
+    emu = cloud66_emulator
+    emu.add_backup("stack-1", backup_date=NOW)
+    emu.add_backup("stack-1", db_type="redis", database_name="cache", backup_date=NOW, status=1, result="oom")
+    failures = Failures()
+    dagrun = run_sensor(
+        run_dag, "sensor_types_failed", db_type=["mysql", "redis"], failures=failures, poke_interval=0.2
+    )
+    assert dagrun.state == "failed"
+    assert "oom" in str(failures.only)
+
+
+@pytest.mark.parametrize(
+    ("db_type", "message"),
+    [
+        (["mysql", "oracle"], "must be one or more of mysql"),
+        (["mysql", "all"], "must be one or more of mysql"),
+        ([], "must be one or more of mysql"),
+    ],
+)
+def test_a_bad_list_of_types_is_refused_before_any_request(cloud66_emulator, db_type, message):
+    sensor = Cloud66BackupSensor(task_id="wait", stack_id="stack-1", db_type=db_type)
+    with pytest.raises(Cloud66InputError, match=message):
+        sensor.build_wait({"data_interval_start": NOW})
+    assert cloud66_emulator.requests == []

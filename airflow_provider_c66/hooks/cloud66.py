@@ -27,7 +27,7 @@ from airflow_provider_c66.exceptions import (
     Cloud66CancelledError,
     Cloud66InputError,
 )
-from airflow_provider_c66.models import Backup, BackupFile, parse_records
+from airflow_provider_c66.models import Backup, BackupFile, Stack, parse_records
 from airflow_provider_c66.redaction import mask_credential, redact_text, redact_url
 
 try:
@@ -74,8 +74,8 @@ class Cloud66Hook(BaseHook):  # type: ignore[misc]
         if max_rate_limit_wait is not None:
             policy = replace(policy, max_rate_limit_wait=max_rate_limit_wait)
         self.retry_policy = policy
-        self.budget = RateBudget()
         self.cancel = cancel
+        self._budget: RateBudget | None = None
         self._session: requests.Session | None = None
         self._settings: _Settings | None = None
 
@@ -122,6 +122,13 @@ class Cloud66Hook(BaseHook):  # type: ignore[misc]
         if self._settings is None:
             self._settings = self._load_settings(self.get_connection(self.cloud66_conn_id))
         return self._settings
+
+    @property
+    def budget(self) -> RateBudget:
+        """The hourly request budget shared with every hook of this process using the same URL and token."""
+        if self._budget is None:
+            self._budget = RateBudget.shared(self.settings.base_url, self.settings.token)
+        return self._budget
 
     def get_conn(self) -> requests.Session:
         """The hook's one ``requests.Session``: auth, headers and connection reuse for every call."""
@@ -435,6 +442,11 @@ class Cloud66Hook(BaseHook):  # type: ignore[misc]
         self.log.debug("Signed URL for file %s of backup %s: %s", fid, ident, redact_url(url))
         return url
 
+    def list_stacks(self) -> list[Stack]:
+        """Every stack the token can see (all pages), in the API's order."""
+        request = ApiRequest("GET", "/stacks.json", subject="the stack list")
+        return [s for page in self._pages(request) for s in parse_records(Stack.from_api, page, "stack")]
+
     def get_stack(self, stack_id: str) -> dict[str, Any]:
         """A stack's record (uid, name, environment, status ...): a cheap check that the id exists."""
         stack = validation.stack_id(stack_id)
@@ -499,6 +511,7 @@ class _Settings:
 
     def __init__(self, base_url: str, token: str, account_id: str | None, timeout: float) -> None:
         self.base_url = base_url
+        self.token = token
         self.timeout = timeout
         self.headers = {
             "Authorization": f"Bearer {token}",

@@ -19,7 +19,7 @@ from airflow.providers.common.compat.sdk import (
     conf,
 )
 
-from airflow_provider_c66 import assets, validation, watermark
+from airflow_provider_c66 import assets, budget, validation, watermark
 from airflow_provider_c66.exceptions import Cloud66OutcomeUnknownError
 from airflow_provider_c66.hooks.cloud66 import Cloud66Hook
 from airflow_provider_c66.models import Backup
@@ -138,7 +138,19 @@ class _BackupPostOperator(ResumableJobMixin, BaseOperator):  # type: ignore[misc
                 "This task has retries but no durable state (Airflow < 3.3, or durable=False): a retry "
                 "POSTs to Cloud 66 again and so creates a second backup task."
             )
-        return self.execute_resumable(context)
+        while True:
+            try:
+                return self.execute_resumable(context)
+            except Exception as exc:
+                # Only the watermark's read or the POST itself can meet a spent budget here (a wait's
+                # polls count it as "not yet"): a throttled POST was refused, so nothing was done yet.
+                if self.deferrable:
+                    budget.defer_until_reset(self, exc, "execute_after_reset", self.log)
+                budget.wait_for_reset(exc, context, self.log)
+
+    def execute_after_reset(self, context: Context, event: Any = None) -> Any:
+        """Resume after Cloud 66's hourly budget has reset: start again (nothing was POSTed)."""
+        return self.execute(context)
 
     def execute_complete(self, context: Context, event: Any = None) -> Any:
         """Resume after the trigger: the new backup(s) on success, else a clear error."""
@@ -208,7 +220,7 @@ class _BackupPostOperator(ResumableJobMixin, BaseOperator):  # type: ignore[misc
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise AirflowException(watermark.timeout_message(wait, self.timeout))
-            time.sleep(min(self.poll_interval, remaining))
+            time.sleep(min(budget.next_poll_in(self.hook.budget, self.poll_interval), remaining))
 
     def _finish(self, wait: BackupWait, verdict: Verdict) -> Any:
         message = watermark.outcome_message(wait, verdict)

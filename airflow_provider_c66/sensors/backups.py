@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
-from datetime import datetime
+from dataclasses import replace
+from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any
 
@@ -17,10 +19,10 @@ from airflow.providers.common.compat.sdk import (
     conf,
 )
 
-from airflow_provider_c66 import validation, watermark
-from airflow_provider_c66.exceptions import Cloud66InputError
+from airflow_provider_c66 import budget, validation, watermark
+from airflow_provider_c66.exceptions import Cloud66InputError, Cloud66RateLimitError
 from airflow_provider_c66.hooks.cloud66 import Cloud66Hook
-from airflow_provider_c66.models import parse_datetime
+from airflow_provider_c66.models import Backup, parse_datetime
 from airflow_provider_c66.triggers.backups import Cloud66BackupTrigger, read_event
 from airflow_provider_c66.watermark import BackupWait, Verdict, Watermark
 
@@ -29,17 +31,28 @@ class Cloud66BackupSensor(BaseSensorOperator):  # type: ignore[misc]
     """Wait until a Cloud 66 stack has a backup newer than a watermark; return that backup.
 
     The XCom value is the newest matching backup's ``Backup.to_dict()`` (the API's own record
-    shape), so a downstream transfer takes its ``id``. Each poke sends one list request (the first
-    page, newest first; more pages only when all of it is newer than the watermark, up to 5). Poke, reschedule and deferrable modes are supported; deferrable checks
-    once first and returns at once when the backup is already there.
+    shape), which a downstream transfer takes as it is. Each poke sends one list request (the first
+    page, newest first; more pages only when all of it is newer than the watermark, up to 5). Poke,
+    reschedule and deferrable modes are supported; deferrable checks once first and returns at once
+    when the backup is already there.
+
+    **Several database types, one request.** With ``db_type`` a list (``["mysql", "redis"]``) the
+    wait ends when every listed type has a new backup, and each poll is still one request: the list
+    is read unfiltered and judged per type. The XCom value is then a list, one record per type in the
+    order given, which :class:`~airflow_provider_c66.transfers.backup_to_s3.Cloud66BackupToS3Operator`
+    archives one after the other. A failed backup of any listed type fails the wait at once.
 
     The default ``poke_interval`` of 150 s keeps 100 concurrent waits at 2,400 requests an hour,
     under Cloud 66's 3,000 per user (:data:`~airflow_provider_c66.watermark.DEFAULT_POLL_INTERVAL`).
     A transient API fault (5xx, throttling, no answer) that outlasts the hook's retries counts as
-    "not yet"; a wrong token, a missing scope or an unknown stack fails the task.
+    "not yet"; a wrong token, a missing scope or an unknown stack fails the task. While Cloud 66's
+    hourly budget is spent, no poke is sent before its reset: a deferrable wait hands over to the
+    trigger at once and it sleeps until the reset, a reschedule-mode poke is rescheduled to the
+    reset, and a poke-mode wait pokes again without spending requests.
 
     :param stack_id: the stack UID.
-    :param db_type: only backups of this database type (mysql, postgresql, redis, mongodb).
+    :param db_type: only backups of this database type (mysql, postgresql, redis, mongodb), or a list
+        of types, each of which must have a new backup (see above).
     :param database_name: only backups of this database.
     :param group: only backups of this backup group id.
     :param newer_than: only backups dated strictly after this: a datetime or an ISO 8601 string
@@ -76,7 +89,7 @@ class Cloud66BackupSensor(BaseSensorOperator):  # type: ignore[misc]
         self,
         *,
         stack_id: str,
-        db_type: str | None = None,
+        db_type: str | Sequence[str] | None = None,
         database_name: str | None = None,
         group: int | str | None = None,
         newer_than: datetime | str | None = None,
@@ -103,7 +116,10 @@ class Cloud66BackupSensor(BaseSensorOperator):  # type: ignore[misc]
 
     @cached_property
     def hook(self) -> Cloud66Hook:
-        return Cloud66Hook(self.cloud66_conn_id, retry_policy=watermark.polling_policy(self.poke_interval))
+        policy = watermark.polling_policy(self.poke_interval)
+        if self.deferrable:  # a spent budget is waited out in the triggerer, not in a worker slot
+            policy = replace(policy, max_rate_limit_wait=0.0)
+        return Cloud66Hook(self.cloud66_conn_id, retry_policy=policy)
 
     def build_wait(self, context: Context) -> BackupWait:
         """The rendered arguments, validated (no request is sent before this passed)."""
@@ -115,10 +131,12 @@ class Cloud66BackupSensor(BaseSensorOperator):  # type: ignore[misc]
             mark = Watermark(after_id=validation.backup_id(after_id, "after_backup_id"))
         else:
             mark = Watermark(newer_than or _run_start(context))
+        types = self._types()
         return BackupWait(
             stack_id=validation.stack_id(self.stack_id),
-            marks={watermark.ANY_TYPE: mark},
-            db_type=None if self.db_type is None else validation.db_type(self.db_type),
+            # One mark per type: a single list request (not filtered by type) serves them all.
+            marks=dict.fromkeys(types, mark) if types else {watermark.ANY_TYPE: mark},
+            db_type=None if self.db_type is None or types else validation.db_type(self.db_type),
             group=None if self.group is None else validation.group(self.group),
             database_name=(
                 None
@@ -128,6 +146,20 @@ class Cloud66BackupSensor(BaseSensorOperator):  # type: ignore[misc]
             fail_on_failed_backup=validation.flag(self.fail_on_failed_backup, "fail_on_failed_backup"),
             settle_seconds=validation.seconds(self.settle_seconds, "settle_seconds", allow_zero=True),
         )
+
+    def _types(self) -> list[str] | None:
+        """The database types of a multi-type wait (``db_type`` given as a list), else None."""
+        if not isinstance(self.db_type, (list, tuple)):
+            return None
+        return validation.db_types(self.db_type, allow_all=False)
+
+    def _xcom(self, backups: Sequence[Backup]) -> Any:
+        """One record (``db_type`` a type or None), or one per type in the order asked (a list)."""
+        types = self._types()
+        if types is None:
+            return max(backups, key=lambda b: (b.backup_date, b.id)).to_dict()
+        by_type = {b.db_type: b for b in backups}
+        return [by_type[t].to_dict() for t in types if t in by_type]
 
     def execute(self, context: Context) -> Any:
         self._wait = wait = self.build_wait(context)
@@ -152,7 +184,17 @@ class Cloud66BackupSensor(BaseSensorOperator):  # type: ignore[misc]
 
     def poke(self, context: Context) -> PokeReturnValue | bool:
         wait = self._wait or self.build_wait(context)
-        return self._judge(wait, watermark.poll(self.hook, wait, self.log)) or False
+        result = self._judge(wait, watermark.poll(self.hook, wait, self.log))
+        if result is None and self.reschedule:
+            # The budget is spent: no poke before its reset could be sent, so none is scheduled.
+            reset = self.hook.budget.spent_until()
+            if reset is not None and reset > time.time() + self.poke_interval:
+                error = Cloud66RateLimitError(
+                    "The Cloud 66 hourly request budget is spent.",
+                    reset_at=datetime.fromtimestamp(reset, UTC),
+                )
+                budget.wait_for_reset(error, context, self.log, sensor=True)
+        return result or False
 
     def _judge(self, wait: BackupWait, verdict: Verdict | None) -> PokeReturnValue | None:
         if verdict is None or not verdict.done:
@@ -160,14 +202,14 @@ class Cloud66BackupSensor(BaseSensorOperator):  # type: ignore[misc]
         if verdict.status == "failed":  # final: a retry would find the same failed backup
             raise AirflowFailException(watermark.outcome_message(wait, verdict))
         self.log.info("%s", watermark.outcome_message(wait, verdict))
-        return PokeReturnValue(is_done=True, xcom_value=verdict.backups[0].to_dict())
+        return PokeReturnValue(is_done=True, xcom_value=self._xcom(verdict.backups))
 
-    def execute_complete(self, context: Context, event: Any = None) -> dict[str, Any]:
+    def execute_complete(self, context: Context, event: Any = None) -> Any:
         """Resume after the trigger: the backup's record on success, else a clear error."""
         result = read_event(event)
         if result.status == "success" and result.backup is not None:
             self.log.info("%s", result.message)
-            return result.backup.to_dict()
+            return self._xcom(result.backups)
         if result.status == "timeout":
             raise AirflowSensorTimeout(result.message)
         if result.status == "failed":

@@ -637,10 +637,24 @@ class Cloud66Emulator:
         )
 
     def set_remaining(self, n: int) -> None:
-        """Set the default token's remaining budget in the current window (0: next call is throttled)."""
+        """Set the default token's remaining budget in the current window (0: next call is throttled).
+
+        The hooks of this process forget what they learned of the budget, as if their clocks had
+        moved past its reset too: a test's "the hour has passed" reaches both sides.
+        """
+        from airflow_provider_c66.api import RateBudget
+
+        RateBudget.forget_shared()
         with self._lock:
             window = self._window(self.token, time.time())
             window.used = self.hourly_budget - n
+
+    def budget_resets_at(self, token: str | None = None) -> float:
+        """Epoch seconds at which the token's current budget window ends (what a throttled answer's
+        ``X-RateLimit-Reset`` says)."""
+        with self._lock:
+            window = self._window(token or self.token, time.time())
+            return window.start + self.budget_window
 
     def drop_connection_next(
         self, count: int, path_pattern: str, after_bytes: int, *, method: str | None = None

@@ -43,8 +43,10 @@ def cloud66_emulator_factory(monkeypatch: pytest.MonkeyPatch) -> Iterator[Cloud6
     ``settings`` are :class:`Cloud66Emulator` arguments. Each stack in ``stacks`` is added with the
     default database; ``conn_id`` (None to skip) gets an ``AIRFLOW_CONN_<ID>`` variable for the test.
     """
+    from airflow_provider_c66.api import RateBudget
     from airflow_provider_c66.testing.emulator import Cloud66Emulator
 
+    RateBudget.forget_shared()  # a budget spent in an earlier test's emulator is not this one's
     started: list[Cloud66Emulator] = []
 
     def make(

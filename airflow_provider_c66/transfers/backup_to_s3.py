@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from airflow_provider_c66 import assets, validation
-from airflow_provider_c66.exceptions import Cloud66InputError
+from airflow_provider_c66 import assets, budget, validation
+from airflow_provider_c66.exceptions import Cloud66InputError, Cloud66ResponseError
 from airflow_provider_c66.hooks.cloud66 import Cloud66Hook
 from airflow_provider_c66.models import Backup, BackupFile
 from airflow_provider_c66.transfers import archive
@@ -62,7 +62,9 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
     change stay, without a manifest, and the next try replaces them.
 
     :param stack_id: the stack UID.
-    :param backup_id: the backup id, or a ``Backup.to_dict()`` dict such as the sensor's XCom value.
+    :param backup_id: the backup id, or a ``Backup.to_dict()`` record such as the sensor's XCom value
+        (used as it is: no request reads it again), or a list of either, archived one after the other
+        (a sensor waiting for several database types of a stack returns one record per type).
     :param s3_bucket: the destination bucket.
     :param s3_key_prefix: where the archive goes; ``{stack_id}``, ``{db_type}``, ``{database_name}``,
         ``{backup_id}``, ``{YYYY}``, ``{MM}`` and ``{DD}`` are filled from the backup.
@@ -169,7 +171,7 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
         # Made in execute() (a _StopSignal, which Airflow's deep copy of the operator can copy).
         self._cancel: threading.Event | None = None
         self._hook: Cloud66Hook | None = None
-        self._lineage: _Lineage | None = None  # what the try read and wrote, once the archive is complete
+        self._lineage: list[_Lineage] = []  # what the try read and wrote, one per complete archive
 
     # --- input ----------------------------------------------------------------------------------
     def _validated(self) -> _ArchiveArgs:
@@ -177,9 +179,7 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
         from airflow_provider_c66.transfers.copy import MAX_PART_SIZE, MIN_PART_SIZE, CopySettings
 
         stack = validation.stack_id(self.stack_id)
-        # A Backup.to_dict() value (the sensor's XCom) carries the id; the record is fetched afresh.
-        raw_id = self.backup_id.get("id") if isinstance(self.backup_id, Mapping) else self.backup_id
-        ident = validation.backup_id(raw_id)
+        backups = _backup_refs(self.backup_id)
         bucket = validation.bucket_name(self.s3_bucket)
         if not isinstance(self.s3_key_prefix, str) or not self.s3_key_prefix.strip():
             raise Cloud66InputError(
@@ -216,9 +216,10 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
         if self.tags:
             extra["Tagging"] = validation.tags(self.tags)
         extra.update(self._object_lock())
-        budget = validation.positive_int(self.retry_budget, "retry_budget", maximum=3600)
-        settings = CopySettings(part_size=part_size, max_concurrency=concurrency, retry_budget=float(budget))
-        return _ArchiveArgs(stack, ident, bucket, settings, extra)
+        seconds = validation.positive_int(self.retry_budget, "retry_budget", maximum=3600)
+        validation.flag(self.verify_backup_size, "verify_backup_size")
+        settings = CopySettings(part_size=part_size, max_concurrency=concurrency, retry_budget=float(seconds))
+        return _ArchiveArgs(stack, backups, bucket, settings, extra)
 
     def _object_lock(self) -> dict[str, Any]:
         """The Object Lock arguments of every write, or {} when none is asked for."""
@@ -259,18 +260,33 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
 
     # --- run ------------------------------------------------------------------------------------
     def execute(self, context: Any) -> list[str]:
+        """Archive each backup in turn; return every object's URI.
+
+        When Cloud 66's hourly request budget is spent, the task runs again after its reset (see
+        :func:`~airflow_provider_c66.budget.wait_for_reset`): not a retry, and the open upload stays
+        for the next run to resume. Archives already complete are found so and not copied again.
+        """
         args = self._validated()
-        stack, ident, bucket, settings, extra = (
-            args.stack,
-            args.backup_id,
-            args.bucket,
-            args.settings,
-            args.extra,
-        )
-        verify_size = validation.flag(self.verify_backup_size, "verify_backup_size")
         self._cancel = cancel = _StopSignal()
         self._hook = hook = Cloud66Hook(self.cloud66_conn_id, cancel=cancel)
-        backup = hook.get_backup(stack, ident)
+        self._lineage = []
+        uris: list[str] = []
+        for ident, known in args.backups:
+            while True:
+                try:
+                    uris += self._archive(context, hook, args, ident, known)
+                    break
+                except Exception as exc:
+                    budget.wait_for_reset(exc, context, self.log, cancel)
+        return uris
+
+    def _archive(
+        self, context: Any, hook: Cloud66Hook, args: _ArchiveArgs, ident: int, known: Backup | None
+    ) -> list[str]:
+        """Archive one backup (``known``: its record as the sensor read it, which saves a request)."""
+        stack, bucket, settings, extra = args.stack, args.bucket, args.settings, args.extra
+        verify_size = validation.flag(self.verify_backup_size, "verify_backup_size")
+        backup = known if known is not None else hook.get_backup(stack, ident)
         if not backup.succeeded:
             raise AirflowException(
                 f"Backup {ident} of stack {stack!r} did not succeed (status {backup.status.name}): "
@@ -312,7 +328,7 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
                 files,
                 expected,
                 taken,
-                _tries_left(context),
+                _keep_upload(context),
                 _upload_ids(context, self.log),
             )
         except SourceChanged as exc:
@@ -371,7 +387,7 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
         files: Sequence[BackupFile],
         expected_size: int | None,
         taken: set[str],
-        tries_left: bool,
+        keep_upload: Callable[[BaseException], bool],
         upload_ids: UploadIdStore | None,
     ) -> list[ArchivedObject]:
         from airflow_provider_c66.transfers.copy import Source, copy_to_s3
@@ -408,7 +424,7 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
                 before_complete=last_look if number == len(plan) else None,
                 if_none_match=key not in taken,
                 resume=True,
-                keep_upload_on_failure=tries_left,
+                keep_upload_on_failure=keep_upload,
                 observers=self.copy_observers(),
                 upload_ids=upload_ids,
             )
@@ -627,12 +643,15 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
         assert self._hook is not None
         api_url = self._hook.settings.base_url
         sizes = {str(o.get("key")): o.get("size") for o in document.get("objects", [])}
-        self._lineage = _Lineage(
-            assets.namespace(api_url),
-            assets.backup_name(stack, backup),
-            bucket,
-            [(k, sizes.get(k)) for k in keys],
-        )
+        self._lineage = [
+            *(self._lineage or []),
+            _Lineage(
+                assets.namespace(api_url),
+                assets.backup_name(stack, backup),
+                bucket,
+                [(k, sizes.get(k)) for k in keys],
+            ),
+        ]
         collector = get_hook_lineage_collector()
         source = {
             "host": urlsplit(api_url).netloc,
@@ -657,19 +676,20 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
         )
         from airflow.providers.openlineage.extractors import OperatorLineage
 
-        if self._lineage is None:
+        if not self._lineage:
             return OperatorLineage()
         return OperatorLineage(
-            inputs=[Dataset(namespace=self._lineage.api_namespace, name=self._lineage.backup_name)],
+            inputs=[Dataset(namespace=one.api_namespace, name=one.backup_name) for one in self._lineage],
             outputs=[
                 OutputDataset(
-                    namespace=f"s3://{self._lineage.bucket}",
+                    namespace=f"s3://{one.bucket}",
                     name=key,
                     outputFacets={}
                     if size is None
                     else {"outputStatistics": OutputStatisticsOutputDatasetFacet(size=size, fileCount=1)},
                 )
-                for key, size in self._lineage.objects
+                for one in self._lineage
+                for key, size in one.objects
             ],
         )
 
@@ -753,7 +773,7 @@ class _ArchiveArgs:
     """The operator's arguments once checked: what a try works from."""
 
     stack: str
-    backup_id: int
+    backups: tuple[tuple[int, Backup | None], ...]  # each backup's id, and its record when given one
     bucket: str
     settings: CopySettings
     extra: dict[str, Any]  # every S3 write's arguments: storage class, encryption, tags, Object Lock
@@ -782,6 +802,36 @@ class _StopSignal(threading.Event):
 
     def __deepcopy__(self, memo: dict[int, Any]) -> _StopSignal:
         return _StopSignal()
+
+
+def _backup_refs(value: Any) -> tuple[tuple[int, Backup | None], ...]:
+    """``backup_id`` checked: an id, a ``Backup.to_dict()`` record (the sensor's XCom), or a list of
+    either (a sensor waiting for several database types). A whole record is used as it is, saving the
+    request that would read it again; a dict that is not one only gives its ``id``."""
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    if not items:
+        raise Cloud66InputError("backup_id", "is an empty list: give a backup id, a backup record or a list")
+    refs: list[tuple[int, Backup | None]] = []
+    for item in items:
+        if isinstance(item, Mapping):
+            ident = validation.backup_id(item.get("id"), "backup_id")
+            try:
+                record: Backup | None = Backup.from_dict(item)
+            except Cloud66ResponseError:
+                record = None
+            refs.append((ident, record))
+        else:
+            refs.append((validation.backup_id(item, "backup_id"), None))
+    if len({ident for ident, _ in refs}) != len(refs):
+        raise Cloud66InputError("backup_id", f"names a backup twice: {[ident for ident, _ in refs]}")
+    return tuple(refs)
+
+
+def _keep_upload(context: Any) -> Callable[[BaseException], bool]:
+    """Whether a failed copy leaves its multipart upload open for the next run to resume: when a try
+    follows, or when the failure is a spent API budget (the task runs again after the reset)."""
+    tries_left = _tries_left(context)
+    return lambda exc: tries_left or budget.spent_budget(exc) is not None
 
 
 def _tries_left(context: Any) -> bool:

@@ -12,8 +12,8 @@ from typing import Any, Literal
 from airflow.providers.common.compat.sdk import AirflowException
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_provider_c66 import validation, watermark
-from airflow_provider_c66.exceptions import Cloud66ApiError, Cloud66ResponseError
+from airflow_provider_c66 import budget, validation, watermark
+from airflow_provider_c66.exceptions import Cloud66ApiError, Cloud66RateLimitError, Cloud66ResponseError
 from airflow_provider_c66.hooks.cloud66 import Cloud66Hook
 from airflow_provider_c66.models import Backup
 from airflow_provider_c66.redaction import redact_text
@@ -33,7 +33,9 @@ class Cloud66BackupTrigger(BaseTrigger):  # type: ignore[misc]
     is looked up the async way. Request building, retries, error mapping and record parsing are the
     hook's, shared with the sync path. A transient fault (5xx, throttling, a dropped connection)
     that outlasts the hook's retries is logged and the next poll tries again: it never ends the
-    wait early. Only a non-transient error (bad token, missing scope, unknown stack, unreadable
+    wait early; while Cloud 66's hourly budget is spent, the next poll waits for its reset (the budget
+    is shared by every trigger of the triggerer using the same token, so none of them sends a request
+    that would be refused). Only a non-transient error (bad token, missing scope, unknown stack, unreadable
     answer) ends it with an ``error`` event.
 
     Events are :class:`BackupEvent` payloads: ``{"status": "success" | "failed" | "timeout" |
@@ -158,7 +160,7 @@ class Cloud66BackupTrigger(BaseTrigger):  # type: ignore[misc]
                         message = watermark.timeout_message(wait, time.time() - self.started_at)
                         yield TriggerEvent(BackupEvent("timeout", message).payload())
                         return
-                    await asyncio.sleep(min(self.poll_interval, remaining))
+                    await asyncio.sleep(min(budget.next_poll_in(hook.budget, self.poll_interval), remaining))
         except Exception as exc:  # any other failure ends the wait with a clear event
             # Any library's text may quote a URL it was given: the event is stored and logged.
             message = (
@@ -171,6 +173,9 @@ class Cloud66BackupTrigger(BaseTrigger):  # type: ignore[misc]
         """One list read judged; None after a transient fault (the next poll tries again)."""
         try:
             backups = await hook.alatest_backups(session, self.wait.stack_id, **self.wait.query)
+        except Cloud66RateLimitError as exc:
+            self.log.info("%s Polling again after the reset.", exc)
+            return None
         except Cloud66ApiError as exc:
             if not watermark.is_transient(exc):
                 raise

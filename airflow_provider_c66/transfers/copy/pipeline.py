@@ -116,7 +116,7 @@ class _ArchiveCopy:
         log: logging.Logger,
         if_none_match: bool = False,
         resume: bool = False,
-        keep_upload_on_failure: bool = False,
+        keep_upload_on_failure: bool | Callable[[BaseException], bool] = False,
         upload_ids: UploadIdStore | None = None,
     ) -> None:
         self.client, self.bucket, self.key, self.extra = client, bucket, key, extra_args
@@ -200,7 +200,8 @@ class _ArchiveCopy:
             settle()
             answer = self._complete(upload_id, completed, digest, full_object)
         except BaseException as exc:
-            if self.keep_upload_on_failure and _resumable_failure(exc):
+            keep = self.keep_upload_on_failure
+            if (keep(exc) if callable(keep) else keep) and _resumable_failure(exc):
                 # Another try follows: the parts in S3 are its head start (it checks each against the
                 # source before using it). The last try, a cancel or a changed source abort instead.
                 pools.shutdown()
@@ -521,7 +522,7 @@ def copy_to_s3(
     before_complete: Callable[[Sequence[int]], None] | None = None,
     if_none_match: bool = False,
     resume: bool = False,
-    keep_upload_on_failure: bool = False,
+    keep_upload_on_failure: bool | Callable[[BaseException], bool] = False,
     observers: Sequence[CopyObserver] = (),
     upload_ids: UploadIdStore | None = None,
 ) -> CopyResult:
@@ -544,7 +545,8 @@ def copy_to_s3(
         size and checksum match the source's bytes are not uploaded again (the source is still read,
         so the SHA-256 stays exact).
     :param keep_upload_on_failure: another try follows: on a failure (not a cancel, not a changed
-        source) leave the multipart upload open for it to resume instead of aborting it.
+        source) leave the multipart upload open for it to resume instead of aborting it. A callable
+        decides per failure (e.g. a spent API budget: the task runs again after the reset).
     :param observers: told of the copy's progress (:class:`CopyObserver`), after the progress log.
     :param upload_ids: where the multipart upload's id is recorded once created and dropped once it
         completes or is aborted; a resume then continues only the recorded upload (the task's own),
