@@ -13,7 +13,7 @@ import random
 import re
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -371,3 +371,104 @@ class Attempts:
         if time.monotonic() - self.started + delay > self.policy.total_timeout:
             raise outcome.error
         return delay
+
+
+# --- one call and one paged read, as steps without I/O -------------------------------------------
+# The hook drives these generators with ``requests`` (sync) or ``aiohttp`` (triggers): a driver
+# only sends what a step asks for and sleeps as long as it says, so there is one retry loop and
+# one paging loop for both.
+
+
+@dataclass(frozen=True)
+class Send:
+    """Step: send the request once and answer with an :class:`Answer`."""
+
+    request: ApiRequest
+
+
+@dataclass(frozen=True)
+class Sleep:
+    """Step: wait this long before sending ``request`` (a driver with a cancel event gives up
+    instead when it is set).
+
+    :param after: the error that made the call wait, logged by the driver (None: a budget wait).
+    :param attempt: the attempt that follows.
+    """
+
+    seconds: float
+    request: ApiRequest
+    after: Cloud66ApiError | None = None
+    attempt: int = 1
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What one send came to: an HTTP answer, or the transport's exception."""
+
+    status: int = 0
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: bytes = b""
+    failure: BaseException | None = None
+    maybe_sent: bool = True  # with a failure: False only when the request certainly never left
+
+
+CallSteps = Generator[Send | Sleep, Answer | None, Page]
+
+
+def call(request: ApiRequest, policy: RetryPolicy, budget: RateBudget) -> CallSteps:
+    """One API call under the shared retry policy and rate budget; returns its page or raises."""
+    attempts = Attempts(policy, budget)
+    while True:
+        yield Sleep(budget.wait_before(request, policy), request, attempt=attempts.count + 1)
+        answer = yield Send(request)
+        assert answer is not None, "a driver answers every Send"
+        if answer.failure is not None:
+            outcome = transport_failure(request, answer.failure, maybe_sent=answer.maybe_sent)
+        else:
+            outcome = interpret(request, answer.status, answer.headers, answer.body)
+            budget.observe(outcome, answer.headers)
+        if outcome.page is not None:
+            return outcome.page
+        delay = attempts.delay_after(request, outcome)
+        yield Sleep(delay, request, after=outcome.error, attempt=attempts.count + 1)
+
+
+PageSteps = Generator[ApiRequest, Page, list[Any]]
+
+
+def read_pages(
+    request: ApiRequest,
+    parse: Callable[[Any], list[Any]],
+    *,
+    read_on: Callable[[list[Any]], bool] | None = None,
+    max_pages: int = MAX_PAGES,
+) -> PageSteps:
+    """A paged read: yields each page's request, receives its page, returns every parsed record.
+
+    Without ``read_on`` it reads while the API says another page follows (up to ``max_pages``, then
+    it fails rather than loop forever); with it, page 1 and then further pages only while
+    ``read_on(records so far)`` asks for them, up to ``max_pages``.
+    """
+    records: list[Any] = []
+    for number in range(1, max(1, max_pages) + 1):
+        page = yield request.with_page(number)
+        records += parse(page.response)
+        more = bool(page.has_next and page.response)
+        if not more or (read_on is not None and not read_on(records)):
+            return records
+    if read_on is None:
+        raise Cloud66ApiError(f"{request.method} {request.path}: more than {max_pages} pages; giving up")
+    return records
+
+
+def paged(
+    steps: PageSteps, policy: RetryPolicy, budget: RateBudget
+) -> Generator[Send | Sleep, Answer | None, list[Any]]:
+    """A paged read whose every page is one :func:`call`: the steps a driver runs for the whole read."""
+    page: Page | None = None
+    while True:
+        try:
+            request = steps.send(page)  # type: ignore[arg-type]  # the first send starts the generator
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        page = yield from call(request, policy, budget)

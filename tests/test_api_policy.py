@@ -208,3 +208,74 @@ def test_redaction_of_signed_urls():
 
 def test_percent_quirk_is_undone():
     assert api.undo_percent_quirk("x?Signature=C2au%252F1m%253D") == "x?Signature=C2au%2F1m%3D"
+
+
+# --- the I/O-free steps both drivers run ---------------------------------------------------------
+def drive(steps, answers):
+    """Run ``api.call``'s steps against scripted answers; return (the trace, the page)."""
+    trace, answer = [], None
+    answers = iter(answers)
+    while True:
+        try:
+            step = steps.send(answer)
+        except StopIteration as done:
+            return trace, done.value
+        answer = None
+        if isinstance(step, api.Send):
+            trace.append(("send", step.request.path))
+            answer = next(answers)
+        else:
+            trace.append(("sleep", step.after is not None, step.attempt))
+
+
+def ok(response, next_page=None, remaining="100"):
+    body = json.dumps({"response": response, "pagination": {"next": next_page}}).encode()
+    return api.Answer(200, {"X-RateLimit-Remaining": remaining}, body)
+
+
+def test_one_call_retries_a_503_then_returns_the_page():
+    policy = RetryPolicy(backoff_base=0.001, backoff_max=0.001)
+    steps = api.call(GET, policy, RateBudget())
+    trace, page = drive(steps, [api.Answer(503, {}, envelope("unavailable")), ok([1])])
+    assert page.response == [1]
+    assert trace == [
+        ("sleep", False, 1),
+        ("send", GET.path),
+        ("sleep", True, 2),  # the driver logs the error and sleeps the backoff
+        ("sleep", False, 2),
+        ("send", GET.path),
+    ]
+
+
+def test_one_call_turns_a_transport_failure_of_a_post_into_outcome_unknown():
+    steps = api.call(POST, RetryPolicy(), RateBudget())
+    with pytest.raises(Cloud66OutcomeUnknownError, match="not sent again"):
+        drive(steps, [api.Answer(failure=ConnectionResetError("reset"))])
+    steps = api.call(POST, RetryPolicy(backoff_base=0.001), RateBudget())
+    trace, page = drive(
+        steps, [api.Answer(failure=ConnectionRefusedError(), maybe_sent=False), ok({"ok": True})]
+    )
+    assert page.response == {"ok": True} and trace.count(("send", POST.path)) == 2
+
+
+def test_a_paged_read_follows_next_and_stops_at_the_last_page():
+    steps = api.read_pages(GET, list)
+    assert next(steps).params["page"] == 1
+    assert steps.send(api.Page([1, 2], True, None)).params["page"] == 2
+    with pytest.raises(StopIteration) as done:
+        steps.send(api.Page([3], False, None))
+    assert done.value.value == [1, 2, 3]
+
+
+def test_a_paged_read_gives_up_past_max_pages_and_a_polling_read_stops_when_told():
+    steps = api.read_pages(GET, list, max_pages=2)
+    next(steps)
+    steps.send(api.Page([1], True, None))
+    with pytest.raises(Cloud66ApiError, match="more than 2 pages"):
+        steps.send(api.Page([2], True, None))
+    polling = api.read_pages(GET, list, read_on=lambda got: len(got) < 2, max_pages=5)
+    next(polling)
+    assert polling.send(api.Page([1], True, None)).params["page"] == 2
+    with pytest.raises(StopIteration) as done:
+        polling.send(api.Page([2], True, None))
+    assert done.value.value == [1, 2], "read_on said enough, though another page follows"

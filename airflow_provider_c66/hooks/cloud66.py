@@ -11,7 +11,7 @@ import asyncio
 import copy
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -20,7 +20,7 @@ import requests
 import urllib3.exceptions
 
 from airflow_provider_c66 import api, validation
-from airflow_provider_c66.api import ApiRequest, Attempts, Outcome, RateBudget, RetryPolicy, segment
+from airflow_provider_c66.api import ApiRequest, RateBudget, RetryPolicy, segment
 from airflow_provider_c66.exceptions import (
     Cloud66ApiError,
     Cloud66AuthError,
@@ -138,42 +138,55 @@ class Cloud66Hook(BaseHook):  # type: ignore[misc]
             self._session = session
         return self._session
 
-    # --- transport ------------------------------------------------------------------------------
+    # --- transport: drivers of the I/O-free steps in api.py ------------------------------------------
     def _request(self, request: ApiRequest) -> api.Page:
         """Send one call with the shared retry policy; return the decoded envelope or raise."""
-        settings = self.settings
-        session = self.get_conn()
-        attempts = Attempts(self.retry_policy, self.budget)
-        while True:
-            self._pause(request, self.budget.wait_before(request, self.retry_policy))
-            try:
-                response = session.request(
-                    request.method,
-                    request.url(settings.base_url),
-                    params=dict(request.params) or None,
-                    json=request.body,
-                    timeout=(CONNECT_TIMEOUT, settings.timeout),
-                    allow_redirects=False,
-                )
-                outcome = api.interpret(request, response.status_code, response.headers, response.content)
-                self.budget.observe(outcome, response.headers)
-            except (
-                requests.ConnectionError,
-                requests.Timeout,
-                requests.exceptions.ChunkedEncodingError,
-            ) as exc:
-                outcome = api.transport_failure(request, exc, maybe_sent=_maybe_sent(exc))
-            if outcome.page is not None:
-                return outcome.page
-            delay = attempts.delay_after(request, outcome)
-            self.log.warning("%s; retrying in %.1f s (attempt %d)", outcome.error, delay, attempts.count + 1)
-            self._pause(request, delay)
+        return self._drive(api.call(request, self.retry_policy, self.budget))  # type: ignore[no-any-return]
 
-    def _pause(self, request: ApiRequest, seconds: float) -> None:
+    def _read(self, steps: api.PageSteps) -> list[Any]:
+        """A paged read, each page one call."""
+        return self._drive(api.paged(steps, self.retry_policy, self.budget))  # type: ignore[no-any-return]
+
+    def _drive(self, steps: Generator[api.Send | api.Sleep, api.Answer | None, Any]) -> Any:
+        """Run I/O-free steps with ``requests``: send what a step asks, sleep as long as it says."""
+        answer: api.Answer | None = None
+        while True:
+            try:
+                step = steps.send(answer)
+            except StopIteration as done:
+                return done.value
+            answer = None
+            if isinstance(step, api.Send):
+                answer = self._send(step.request)
+            else:
+                self._log_retry(step)
+                self._pause(step)
+
+    def _send(self, request: ApiRequest) -> api.Answer:
+        settings = self.settings
+        try:
+            response = self.get_conn().request(
+                request.method,
+                request.url(settings.base_url),
+                params=dict(request.params) or None,
+                json=request.body,
+                timeout=(CONNECT_TIMEOUT, settings.timeout),
+                allow_redirects=False,
+            )
+            return api.Answer(response.status_code, response.headers, response.content)
+        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
+            return api.Answer(failure=exc, maybe_sent=_maybe_sent(exc))
+
+    def _log_retry(self, step: api.Sleep) -> None:
+        if step.after is not None:
+            self.log.warning("%s; retrying in %.1f s (attempt %d)", step.after, step.seconds, step.attempt)
+
+    def _pause(self, step: api.Sleep) -> None:
         """Sleep before an attempt; with a ``cancel`` event, give up as soon as it is set."""
         if self.cancel is None:
-            time.sleep(seconds)
-        elif self.cancel.wait(seconds) or self.cancel.is_set():
+            time.sleep(step.seconds)
+        elif self.cancel.wait(step.seconds) or self.cancel.is_set():
+            request = step.request
             raise Cloud66CancelledError(
                 f"{request.method} {request.path}: given up, the task is being stopped",
                 method=request.method,
@@ -181,38 +194,47 @@ class Cloud66Hook(BaseHook):  # type: ignore[misc]
             )
 
     async def _arequest(self, request: ApiRequest, session: aiohttp.ClientSession) -> api.Page:
-        """The async twin of :meth:`_request`: same policy and mapping, only the I/O differs."""
+        """The async twin of :meth:`_request`: the same steps, only the I/O differs."""
+        return await self._adrive(api.call(request, self.retry_policy, self.budget), session)  # type: ignore[no-any-return]
+
+    async def _aread(self, steps: api.PageSteps, session: aiohttp.ClientSession) -> list[Any]:
+        return await self._adrive(api.paged(steps, self.retry_policy, self.budget), session)  # type: ignore[no-any-return]
+
+    async def _adrive(
+        self, steps: Generator[api.Send | api.Sleep, api.Answer | None, Any], session: aiohttp.ClientSession
+    ) -> Any:
+        """Run I/O-free steps with ``aiohttp`` (the sync driver's twin; a sync loop cannot await)."""
+        answer: api.Answer | None = None
+        while True:
+            try:
+                step = steps.send(answer)
+            except StopIteration as done:
+                return done.value
+            answer = None
+            if isinstance(step, api.Send):
+                answer = await self._asend(step.request, session)
+            else:
+                self._log_retry(step)
+                await asyncio.sleep(step.seconds)
+
+    async def _asend(self, request: ApiRequest, session: aiohttp.ClientSession) -> api.Answer:
         import aiohttp
 
         settings = self.settings
-        attempts = Attempts(self.retry_policy, self.budget)
-        while True:
-            await asyncio.sleep(self.budget.wait_before(request, self.retry_policy))
-            outcome: Outcome
-            try:
-                async with session.request(
-                    request.method,
-                    request.url(settings.base_url),
-                    params={k: str(v) for k, v in request.params.items()} or None,
-                    json=request.body,
-                    headers=settings.headers,
-                    timeout=aiohttp.ClientTimeout(sock_connect=CONNECT_TIMEOUT, sock_read=settings.timeout),
-                    allow_redirects=False,
-                ) as response:
-                    body = await response.read()
-                    headers = dict(response.headers)
-                outcome = api.interpret(request, response.status, headers, body)
-                self.budget.observe(outcome, headers)
-            except (TimeoutError, aiohttp.ClientError) as exc:
-                connect_failed = isinstance(
-                    exc, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
-                )
-                outcome = api.transport_failure(request, exc, maybe_sent=not connect_failed)
-            if outcome.page is not None:
-                return outcome.page
-            delay = attempts.delay_after(request, outcome)
-            self.log.warning("%s; retrying in %.1f s (attempt %d)", outcome.error, delay, attempts.count + 1)
-            await asyncio.sleep(delay)
+        try:
+            async with session.request(
+                request.method,
+                request.url(settings.base_url),
+                params={k: str(v) for k, v in request.params.items()} or None,
+                json=request.body,
+                headers=settings.headers,
+                timeout=aiohttp.ClientTimeout(sock_connect=CONNECT_TIMEOUT, sock_read=settings.timeout),
+                allow_redirects=False,
+            ) as response:
+                return api.Answer(response.status, dict(response.headers), await response.read())
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            connect_failed = isinstance(exc, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError))
+            return api.Answer(failure=exc, maybe_sent=not connect_failed)
 
     async def aload_settings(self) -> None:
         """Look the connection up without blocking the event loop (triggers call this first)."""
@@ -226,14 +248,6 @@ class Cloud66Hook(BaseHook):  # type: ignore[misc]
 
             conn = await get_async_connection(self.cloud66_conn_id, hook=self)
             self._settings = self._load_settings(conn, await get_async_extra_dejson(conn))
-
-    def _pages(self, request: ApiRequest) -> Iterator[Any]:
-        for page_number in range(1, api.MAX_PAGES + 1):
-            page = self._request(request.with_page(page_number))
-            yield page.response
-            if not page.has_next or not page.response:
-                return
-        raise Cloud66ApiError(f"{request.method} {request.path}: more than {api.MAX_PAGES} pages; giving up")
 
     # --- requests, built once for the sync and async paths ------------------------------------------
     @staticmethod
@@ -264,8 +278,7 @@ class Cloud66Hook(BaseHook):  # type: ignore[misc]
         :param group: only this backup group id.
         """
         request = self.backups_request(stack_id, db_type=db_type, group=group)
-        records = [b for page in self._pages(request) for b in parse_records(Backup.from_api, page, "backup")]
-        return self.newest_first(records)
+        return self.newest_first(self._read(api.read_pages(request, _backups)))
 
     def latest_backups(
         self,
@@ -281,13 +294,7 @@ class Cloud66Hook(BaseHook):  # type: ignore[misc]
         ``max_pages`` in all.
         """
         request = self.backups_request(stack_id, db_type=db_type, group=group)
-        records: list[Backup] = []
-        for number in range(1, max(1, max_pages) + 1):
-            page = self._request(request.with_page(number))
-            records += parse_records(Backup.from_api, page.response, "backup")
-            if not _read_on(page, records, read_on):
-                break
-        return self.newest_first(records)
+        return self.newest_first(self._read(_polling_read(request, read_on, max_pages)))
 
     async def alatest_backups(
         self,
@@ -302,13 +309,7 @@ class Cloud66Hook(BaseHook):  # type: ignore[misc]
         """Async :meth:`latest_backups` for triggers."""
         await self.aload_settings()
         request = self.backups_request(stack_id, db_type=db_type, group=group)
-        records: list[Backup] = []
-        for number in range(1, max(1, max_pages) + 1):
-            page = await self._arequest(request.with_page(number), session)
-            records += parse_records(Backup.from_api, page.response, "backup")
-            if not _read_on(page, records, read_on):
-                break
-        return self.newest_first(records)
+        return self.newest_first(await self._aread(_polling_read(request, read_on, max_pages), session))
 
     def get_backup(self, stack_id: str, backup_id: int | str) -> Backup:
         """One backup by id."""
@@ -414,7 +415,9 @@ class Cloud66Hook(BaseHook):  # type: ignore[misc]
             f"/stacks/{segment(stack)}/backups/{ident}/files.json",
             subject=f"backup {ident} of stack {stack!r}",
         )
-        files = [f for page in self._pages(request) for f in parse_records(BackupFile.from_api, page, "file")]
+        files = self._read(
+            api.read_pages(request, lambda page: parse_records(BackupFile.from_api, page, "file"))
+        )
         return sorted(files, key=lambda f: f.sort_key)
 
     def get_backup_file_url(self, stack_id: str, backup_id: int | str, file_id: str) -> str:
@@ -445,7 +448,7 @@ class Cloud66Hook(BaseHook):  # type: ignore[misc]
     def list_stacks(self) -> list[Stack]:
         """Every stack the token can see (all pages), in the API's order."""
         request = ApiRequest("GET", "/stacks.json", subject="the stack list")
-        return [s for page in self._pages(request) for s in parse_records(Stack.from_api, page, "stack")]
+        return self._read(api.read_pages(request, lambda page: parse_records(Stack.from_api, page, "stack")))
 
     def get_stack(self, stack_id: str) -> dict[str, Any]:
         """A stack's record (uid, name, environment, status ...): a cheap check that the id exists."""
@@ -492,9 +495,15 @@ class Cloud66Hook(BaseHook):  # type: ignore[misc]
         )
 
 
-def _read_on(page: api.Page, records: list[Backup], read_on: Callable[[list[Backup]], bool] | None) -> bool:
-    """Whether a polling list read goes on to the next page (the same rule for the sync and async paths)."""
-    return bool(page.has_next and page.response and read_on is not None and read_on(records))
+def _backups(page: Any) -> list[Backup]:
+    return parse_records(Backup.from_api, page, "backup")
+
+
+def _polling_read(
+    request: ApiRequest, read_on: Callable[[list[Backup]], bool] | None, max_pages: int
+) -> api.PageSteps:
+    """A polling list read: page 1 (one request), further pages only while ``read_on`` asks."""
+    return api.read_pages(request, _backups, read_on=read_on or (lambda _: False), max_pages=max_pages)
 
 
 def _maybe_sent(exc: BaseException) -> bool:
