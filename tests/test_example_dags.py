@@ -111,26 +111,30 @@ def a_person_answers(option: str) -> Iterator[dict[str, Any]]:
 
     def answer() -> None:
         while not stop.wait(0.2):
-            with create_session() as session:
-                asked = session.scalars(select(HITLDetail)).all()
-                pending = [d for d in asked if d.chosen_options is None]
-                if not pending:
-                    continue
-                (detail,) = pending
-                ti = detail.task_instance
-                shown.update(
-                    task_id=ti.task_id, subject=detail.subject, body=detail.body, options=detail.options
-                )
-                update_hitl_detail(
-                    dag_id=ti.dag_id,
-                    dag_run_id=ti.run_id,
-                    task_id=ti.task_id,
-                    update_hitl_detail_payload=UpdateHITLDetailPayload(chosen_options=[option]),
-                    user=Person(),
-                    session=session,
-                    map_index=ti.map_index,
-                )
-                return
+            try:  # a busy SQLite may refuse a read or a write: the person looks again
+                with create_session() as session:
+                    asked = session.scalars(select(HITLDetail)).all()
+                    pending = [d for d in asked if d.chosen_options is None]
+                    running = [d for d in pending if d.task_instance.state == "awaiting_input"]
+                    if not running:
+                        continue
+                    detail = running[-1]
+                    ti = detail.task_instance
+                    shown.update(
+                        task_id=ti.task_id, subject=detail.subject, body=detail.body, options=detail.options
+                    )
+                    update_hitl_detail(
+                        dag_id=ti.dag_id,
+                        dag_run_id=ti.run_id,
+                        task_id=ti.task_id,
+                        update_hitl_detail_payload=UpdateHITLDetailPayload(chosen_options=[option]),
+                        user=Person(),
+                        session=session,
+                        map_index=ti.map_index,
+                    )
+                    return
+            except Exception as exc:
+                print(f"answering the approval failed, trying again: {exc!r}", file=sys.stderr)
 
     thread = threading.Thread(target=answer, daemon=True)
     thread.start()
