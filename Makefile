@@ -97,8 +97,8 @@ test-browser: $(VENV)/.installed-$(AIRFLOW_VERSION)
 # missing and running as root. Tests needing what a server lacks are skipped with the reason
 # (SERVER_LIMITS in tests/s3_fixtures.py). Both servers run even when the first fails.
 S3_COMPAT_SERVERS ?= nanio radosgw
-S3_COMPAT_TESTS ?= tests/test_copy_engine.py tests/test_backup_to_s3.py tests/test_unsettled_backups.py tests/test_s3_strict.py \
-	tests/test_verify_archive.py tests/test_resume.py tests/test_catalog.py
+S3_COMPAT_TESTS ?= tests/transfers/copy/test_copy_engine.py tests/transfers/test_backup_to_s3.py tests/test_unsettled_backups.py tests/test_s3_strict.py \
+	tests/transfers/test_verify_archive.py tests/transfers/copy/test_resume.py tests/transfers/test_catalog.py
 RADOSGW_PACKAGES = ceph-mon ceph-osd radosgw ceph-common
 
 test-s3-compat: $(VENV)/.installed-$(AIRFLOW_VERSION)

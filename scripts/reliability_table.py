@@ -98,7 +98,7 @@ def _marked_files(tests: Path) -> list[str]:
     """Test files that can hold the marker (collecting only these keeps the run short)."""
     return sorted(
         str(path.relative_to(ROOT))
-        for path in tests.glob("test_*.py")
+        for path in tests.rglob("test_*.py")
         if f"mark.{MARKER}" in path.read_text(encoding="utf-8")
     )
 

@@ -13,11 +13,28 @@ import pytest
 import requests
 
 from airflow_provider_c66.testing import Cloud66Emulator, RecordedRequest
-from airflow_provider_c66.transfers.copy import CopyObserver, Source
+from airflow_provider_c66.transfers.copy import CopyObserver, CopySettings, Source
+from tests.helpers import read
 
 MiB = 1 << 20
 STACK = "stack-1"
 TOKEN = "t"
+KEY = "backups/stack-1/app_db.tar"  # where the engine's tests copy an archive to
+FAST = CopySettings(  # small parts, few threads, quick retries: many parts from small archives, fast
+    part_size=5 * MiB,
+    max_concurrency=3,
+    retries=4,
+    backoff_base=0.01,
+    backoff_max=0.05,
+    connect_timeout=2,
+    read_timeout=5,
+    progress_interval=0.05,
+)
+
+
+def read_object(client: Any, bucket: str, key: str = KEY) -> bytes:
+    """The bytes of ``key`` (the engine tests' archive by default)."""
+    return read(client, bucket, key)
 
 
 @dataclass

@@ -60,11 +60,11 @@ _NO_STORED_CHECKSUM = (
 )
 _RADOSGW_NO_KMS = "radosgw here has no KMS backend: SSE-KMS writes answer 400 InvalidRequest"
 SERVER_LIMITS: dict[str, dict[str, str]] = {
-    "tests/test_copy_engine.py::test_one_file_multipart": {
+    "tests/transfers/copy/test_copy_engine.py::test_one_file_multipart": {
         "nanio": "nanio ignores x-amz-storage-class (HEAD answers STANDARD) and stores no tags (GetObjectTagging answers 500)",
         "radosgw": _RADOSGW_MULTIPART_TAGS,
     },
-    "tests/test_catalog.py::test_an_archive_is_catalogued_with_what_s3_holds": {
+    "tests/transfers/test_catalog.py::test_an_archive_is_catalogued_with_what_s3_holds": {
         "nanio": "nanio ignores x-amz-storage-class (HEAD answers STANDARD), and the record says what S3 reports",
     },
     "tests/test_s3_strict.py::test_archive_and_rerun_into_a_versioned_bucket_with_the_documented_policy": {
@@ -100,7 +100,7 @@ SERVER_LIMITS: dict[str, dict[str, str]] = {
         "nanio": _NANIO_NO_CONDITIONS,
         "radosgw": "radosgw 16.2 ignores If-None-Match: * on CompleteMultipartUpload (it honours it on PutObject)",
     },
-    "tests/test_verify_archive.py::test_verify_fails_loudly_on_changed_bytes_of_the_same_size": {
+    "tests/transfers/test_verify_archive.py::test_verify_fails_loudly_on_changed_bytes_of_the_same_size": {
         "nanio": f"nanio {_NO_STORED_CHECKSUM}",
         "radosgw": f"radosgw 16.2 {_NO_STORED_CHECKSUM}",
     },

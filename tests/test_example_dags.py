@@ -31,9 +31,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from airflow.providers.common.compat.version_compat import AIRFLOW_V_3_3_PLUS
 
-from tests.helpers import read, states, xcom_value
+from tests.helpers import read, record, states, xcom_value
 from tests.s3_fixtures import catalogue_key
-from tests.test_sensor import record
 
 ROOT = Path(__file__).resolve().parent.parent
 DAG_FOLDER = ROOT / "example_dags"

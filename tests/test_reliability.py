@@ -33,7 +33,7 @@ from airflow_provider_c66.testing.pytest_plugin import connection_json
 from airflow_provider_c66.transfers.backup_to_s3 import Cloud66BackupToS3Operator
 from airflow_provider_c66.transfers.copy import CopyError
 from tests.copy_fixtures import PartWatch
-from tests.helpers import keys, open_uploads, read
+from tests.helpers import assert_nothing_left, keys, open_uploads, read
 from tests.s3_fixtures import catalogue_key
 
 MiB = 1 << 20
@@ -57,11 +57,6 @@ def prefix_of(emu: Any, bid: int) -> str:
 
 def archive_key(emu: Any, bid: int) -> str:
     return prefix_of(emu, bid) + emu.file_names("stack-1", bid)[0].split(".tar", 1)[0] + ".tar"
-
-
-def assert_nothing_left(s3_client: Any, bucket: str) -> None:
-    assert keys(s3_client, bucket) == []
-    assert open_uploads(s3_client, bucket) == []
 
 
 def assert_archived(s3_client: Any, bucket: str, emu: Any, bid: int) -> None:

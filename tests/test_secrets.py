@@ -23,9 +23,7 @@ from airflow_provider_c66.testing.emulator import Cloud66Emulator
 from airflow_provider_c66.transfers.backup_to_s3 import Cloud66BackupToS3Operator
 from airflow_provider_c66.transfers.s3_to_cloud66 import S3ToCloud66ImportOperator
 from tests.copy_fixtures import PartWatch
-from tests.helpers import task_instance
-from tests.test_copy_engine import failing_on_call
-from tests.test_sensor import Failures
+from tests.helpers import Failures, failing_on_call, task_instance
 
 MiB = 1 << 20
 TOKEN = "c66-SECRET-token-8f2b1e9a7c41d3"

@@ -8,7 +8,6 @@ is not what its files hold. Emulator and moto over HTTP, Airflow's ``dag.test()`
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,9 +17,7 @@ from airflow.providers.common.compat.sdk import AirflowException
 from airflow_provider_c66.models import Backup, BackupStatus
 from airflow_provider_c66.transfers.backup_to_s3 import Cloud66BackupToS3Operator
 from airflow_provider_c66.watermark import ANY_TYPE, BackupWait, Watermark
-from tests.helpers import keys, open_uploads, xcom_value
-from tests.s3_fixtures import catalogue_key
-from tests.test_sensor import LIST_PATH, list_gets, record, run_sensor
+from tests.helpers import LIST_PATH, archive_of, keys, list_gets, open_uploads, record, run_sensor, xcom_value
 
 MiB = 1 << 20
 SPLIT = 5 * MiB + 123
@@ -38,16 +35,6 @@ def make_op(bucket: str, bid: int, **kwargs: Any) -> Cloud66BackupToS3Operator:
     return Cloud66BackupToS3Operator(
         task_id="archive", stack_id="stack-1", backup_id=bid, s3_bucket=bucket, part_size=5 * MiB, **kwargs
     )
-
-
-def archive_of(emu: Any, s3_client: Any, bucket: str, bid: int) -> tuple[bytes, dict[str, Any]]:
-    """The archive object's bytes and the manifest, checked to be the only objects there."""
-    (manifest_key,) = [k for k in keys(s3_client, bucket) if k.endswith("manifest.json")]
-    manifest = json.loads(s3_client.get_object(Bucket=bucket, Key=manifest_key)["Body"].read())
-    (entry,) = manifest["objects"]
-    data = s3_client.get_object(Bucket=bucket, Key=entry["key"])["Body"].read()
-    assert keys(s3_client, bucket) == sorted([manifest_key, entry["key"], catalogue_key(emu, bid)])
-    return data, manifest
 
 
 # --- the transfer ---------------------------------------------------------------------------------

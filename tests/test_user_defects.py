@@ -42,9 +42,7 @@ from airflow_provider_c66.transfers.prune_archives import Cloud66ArchivePruneOpe
 from airflow_provider_c66.transfers.s3_to_cloud66 import S3ToCloud66ImportOperator
 from airflow_provider_c66.transfers.verify_archive import Cloud66ArchiveVerifyOperator
 from airflow_provider_c66.watermark import ANY_TYPE, BackupWait, Watermark
-from tests.helpers import task_instance, xcom_value
-from tests.test_sensor import Failures, list_gets, record, run_sensor
-from tests.test_unsettled_backups import archive_of
+from tests.helpers import Failures, archive_of, list_gets, record, run_sensor, task_instance, xcom_value
 
 MiB = 1 << 20
 ROOT = Path(__file__).resolve().parent.parent

@@ -18,9 +18,9 @@ import pytest
 from botocore.config import Config
 
 from airflow_provider_c66.transfers.copy import CopyCancelled, CopyError, copy_to_s3
-from tests.copy_fixtures import Archive
+from tests.copy_fixtures import FAST, KEY, Archive, MiB, read_object
+from tests.helpers import assert_nothing_left
 from tests.s3_proxy import Answer, ProxiedRequest, S3Proxy, s3_proxy
-from tests.test_copy_engine import FAST, KEY, MiB, assert_nothing_left, read_object
 
 SLOW_DOWN = Answer(503, "SlowDown", "Please reduce your request rate.")
 PATIENT = replace(FAST, retries=1000, retry_budget=30.0)
@@ -93,7 +93,7 @@ def test_an_s3_outage_past_the_budget_fails_and_aborts(
             settings=replace(PATIENT, retry_budget=1.0),
         )
     assert time.monotonic() - started < 20
-    assert_nothing_left(s3_client, s3_bucket)
+    assert_nothing_left(s3_client, s3_bucket, KEY)
 
 
 def test_a_cancel_ends_the_wait_for_s3_at_once(
@@ -114,7 +114,7 @@ def test_a_cancel_ends_the_wait_for_s3_at_once(
             cancel=cancel,
         )
     assert time.monotonic() - started < 10
-    assert_nothing_left(s3_client, s3_bucket)
+    assert_nothing_left(s3_client, s3_bucket, KEY)
 
 
 @pytest.mark.reliability(
@@ -138,4 +138,4 @@ def test_a_source_outage_past_the_budget_gives_up_naming_the_time(
     archive.emu.fail_next(100_000, r"^/c66-backups/", 503)
     with pytest.raises(CopyError, match=r"giving up after \d+ failed attempts over \d+ s"):
         copy_to_s3(archive.sources(), s3_client, s3_bucket, KEY, settings=replace(PATIENT, retry_budget=0.5))
-    assert_nothing_left(s3_client, s3_bucket)
+    assert_nothing_left(s3_client, s3_bucket, KEY)

@@ -38,21 +38,10 @@ from airflow_provider_c66.transfers.copy import (
     copy_to_s3,
     planning,
 )
-from tests.copy_fixtures import STACK, Archive, PartWatch
+from tests.copy_fixtures import FAST, KEY, STACK, Archive, MiB, PartWatch, read_object
+from tests.helpers import assert_nothing_left, failing_on_call
 
-MiB = 1 << 20
 GiB = 1 << 30
-FAST = CopySettings(
-    part_size=5 * MiB,
-    max_concurrency=3,
-    retries=4,
-    backoff_base=0.01,
-    backoff_max=0.05,
-    connect_timeout=2,
-    read_timeout=5,
-    progress_interval=0.05,
-)
-KEY = "backups/stack-1/app_db.tar"
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -75,17 +64,6 @@ def crc32_b64(data: bytes) -> str:
     return b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
 
 
-def read_object(client: Any, bucket: str, key: str = KEY) -> bytes:
-    return bytes(client.get_object(Bucket=bucket, Key=key)["Body"].read())
-
-
-def assert_nothing_left(client: Any, bucket: str, key: str = KEY) -> None:
-    assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
-    assert client.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
-    with pytest.raises(ClientError):
-        client.head_object(Bucket=bucket, Key=key)
-
-
 class S3Calls:
     """Records the S3 operations a client made, with the headers and body type it sent."""
 
@@ -104,22 +82,6 @@ class S3Calls:
     @property
     def operations(self) -> list[str]:
         return [op for op, _, _ in self.sent]
-
-
-def failing_on_call(operation: str, on_call: int) -> Callable[..., None]:
-    """A botocore ``before-call`` handler failing its ``on_call``-th call as S3 would (an InternalError).
-
-    One handler counts across every client it is registered on.
-    """
-    calls = [0]
-
-    def handler(**_: Any) -> None:
-        calls[0] += 1
-        if calls[0] == on_call:
-            error = {"Error": {"Code": "InternalError", "Message": "injected failure"}}
-            raise ClientError(error, operation)  # type: ignore[arg-type]
-
-    return handler
 
 
 def fail_operation(client: Any, operation: str, on_call: int) -> None:
@@ -568,7 +530,7 @@ def test_retries_exhausted_names_the_file_and_leaks_no_signature(
     message = str(caught.value)
     assert "app_db.tar (file tar), bytes " in message
     assert "giving up after 3 failed attempts" in message and "HTTP 503" in message
-    assert_nothing_left(s3_client, s3_bucket)
+    assert_nothing_left(s3_client, s3_bucket, KEY)
     assert "urllib3" in caplog.text and "/c66-backups/" in caplog.text  # the DEBUG lines were there
     assert_no_secret(archive.signatures(), message, caught.value, caplog.text)
 
@@ -598,7 +560,7 @@ def test_connection_errors_leak_no_signature(
     assert "db.tar (file tar), size probe: giving up after 2 failed attempts" in str(caught.value)
     assert "ConnectionError" in str(caught.value)
     assert_no_secret({secret, "AKIAX"}, str(caught.value), caught.value, caplog.text)
-    assert_nothing_left(s3_client, s3_bucket)
+    assert_nothing_left(s3_client, s3_bucket, KEY)
 
 
 def assert_no_secret(secrets: set[str], message: str, error: BaseException, logs: str) -> None:
@@ -616,7 +578,7 @@ def test_url_provider_failure_names_the_file(s3_client: Any, s3_bucket: str) -> 
 
     with pytest.raises(CopyError, match=r"^db\.tar \(file tar\): could not get a signed URL: the Cloud 66"):
         copy_to_s3([Source("tar", "db.tar", broken)], s3_client, s3_bucket, KEY, settings=FAST)
-    assert_nothing_left(s3_client, s3_bucket)
+    assert_nothing_left(s3_client, s3_bucket, KEY)
 
 
 @pytest.mark.reliability(
@@ -638,7 +600,7 @@ def test_file_size_changed_during_copy(
 
     with pytest.raises(CopyError, match=r"size changed from 12582912 to 13631488 bytes"):
         copy_to_s3([source], s3_client, s3_bucket, KEY, settings=FAST, observers=[watch])
-    assert_nothing_left(s3_client, s3_bucket)
+    assert_nothing_left(s3_client, s3_bucket, KEY)
 
 
 # -- faults on the S3 side, and cancellation -------------------------------------------------------
@@ -657,7 +619,7 @@ def test_failed_upload_part_aborts(
 
     assert "AbortMultipartUpload" in calls.operations
     assert "CompleteMultipartUpload" not in calls.operations
-    assert_nothing_left(s3_client, s3_bucket)
+    assert_nothing_left(s3_client, s3_bucket, KEY)
 
 
 @pytest.mark.reliability(
@@ -676,7 +638,7 @@ def test_failed_complete_aborts(
         copy_to_s3(archive.sources(), s3_client, s3_bucket, KEY, settings=FAST)
 
     assert calls.operations[-1] == "AbortMultipartUpload"
-    assert_nothing_left(s3_client, s3_bucket)
+    assert_nothing_left(s3_client, s3_bucket, KEY)
 
 
 @pytest.mark.reliability(
@@ -709,7 +671,7 @@ def test_cancel_mid_copy_aborts(
     assert time.monotonic() - cancelled_at[0] < 2.0
     assert calls.operations[0] == "CreateMultipartUpload"
     assert calls.operations[-1] == "AbortMultipartUpload"
-    assert_nothing_left(s3_client, s3_bucket)
+    assert_nothing_left(s3_client, s3_bucket, KEY)
     assert watch.held == 0
 
 
@@ -731,7 +693,7 @@ def test_an_observer_that_raises_fails_the_copy_and_leaves_nothing(
 
     with pytest.raises(RuntimeError, match=f"metrics backend down in {at}"):
         copy_to_s3(archive.sources(), s3_client, s3_bucket, KEY, settings=FAST, observers=[Broken()])
-    assert_nothing_left(s3_client, s3_bucket)
+    assert_nothing_left(s3_client, s3_bucket, KEY)
 
 
 def test_cancel_before_start(archive_factory: Callable[..., Archive], s3_client: Any, s3_bucket: str) -> None:
@@ -741,7 +703,7 @@ def test_cancel_before_start(archive_factory: Callable[..., Archive], s3_client:
     with pytest.raises(CopyCancelled):
         copy_to_s3(archive.sources(), s3_client, s3_bucket, KEY, settings=FAST, cancel=cancel)
     assert archive.file_requests() == []
-    assert_nothing_left(s3_client, s3_bucket)
+    assert_nothing_left(s3_client, s3_bucket, KEY)
 
 
 def test_refuses_unknown_extra_args(s3_client: Any, s3_bucket: str) -> None:
@@ -1027,7 +989,7 @@ def test_another_400_is_not_mistaken_for_an_expiry(
     with pytest.raises(CopyError, match="HTTP 400 InvalidArgument"):
         copy_to_s3(archive.sources(), s3_client, s3_bucket, KEY, settings=FAST)
     assert archive.url_fetches("tar") == 1
-    assert_nothing_left(s3_client, s3_bucket)
+    assert_nothing_left(s3_client, s3_bucket, KEY)
 
 
 @pytest.mark.reliability(
@@ -1044,7 +1006,7 @@ def test_a_file_that_grows_after_it_was_read_completes_nothing(
     archive.emu.grow_backup(STACK, archive.backup_id, 1000, after_downloads=reads)
     with pytest.raises(engine.SourceChanged, match=f"was {size} bytes .* is {size + 1000} bytes now"):
         copy_to_s3(archive.sources(), s3_client, s3_bucket, KEY, settings=FAST)
-    assert_nothing_left(s3_client, s3_bucket)
+    assert_nothing_left(s3_client, s3_bucket, KEY)
 
 
 def test_a_file_that_grows_mid_copy_is_still_being_written(
@@ -1054,7 +1016,7 @@ def test_a_file_that_grows_mid_copy_is_still_being_written(
     archive.emu.grow_backup(STACK, archive.backup_id, 2 * MiB, after_downloads=2)
     with pytest.raises(engine.SourceChanged, match=r"size changed .* still being written"):
         copy_to_s3(archive.sources(), s3_client, s3_bucket, KEY, settings=FAST)
-    assert_nothing_left(s3_client, s3_bucket)
+    assert_nothing_left(s3_client, s3_bucket, KEY)
 
 
 def test_expected_size_disagreeing_fails_before_any_upload(
@@ -1080,4 +1042,4 @@ def test_before_complete_sees_the_sizes_and_can_refuse(
     with pytest.raises(engine.SourceChanged, match="a new file appeared"):
         copy_to_s3(archive.sources(), s3_client, s3_bucket, KEY, settings=FAST, before_complete=refuse)
     assert seen == [(12 * MiB + 3,)]
-    assert_nothing_left(s3_client, s3_bucket)
+    assert_nothing_left(s3_client, s3_bucket, KEY)

@@ -16,9 +16,8 @@ import pytest
 from airflow_provider_c66 import __version__
 from airflow_provider_c66.exceptions import Cloud66InputError
 from airflow_provider_c66.transfers.backup_to_s3 import Cloud66BackupToS3Operator
-from tests.helpers import keys
+from tests.helpers import ROOT, failing_on_call, keys
 from tests.s3_fixtures import catalogue_key
-from tests.test_copy_engine import failing_on_call
 
 MiB = 1024 * 1024
 DATE = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
@@ -207,7 +206,7 @@ def test_the_readmes_duckdb_query_reads_the_catalogue(
         local = tmp_path / o["Key"]
         local.parent.mkdir(parents=True, exist_ok=True)
         local.write_bytes(s3_client.get_object(Bucket=s3_bucket, Key=o["Key"])["Body"].read())
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text()
     query = readme.split("-- DuckDB", 1)[1].split("\n", 1)[1].split(";", 1)[0]
     assert "s3://my-data-lake/cloud66/_catalog/**/*.json" in query
     local_query = query.replace("s3://my-data-lake/cloud66/_catalog/", f"{tmp_path}/cloud66/_catalog/")

@@ -17,8 +17,7 @@ from airflow_provider_c66.models import Backup
 from airflow_provider_c66.operators.backups import Cloud66CreateBackupOperator, Cloud66ImportBackupOperator
 from airflow_provider_c66.testing.pytest_plugin import connection_json
 from airflow_provider_c66.triggers.backups import BackupEvent
-from tests.helpers import task_instance, xcom_value
-from tests.test_sensor import Failures, record
+from tests.helpers import Failures, record, task_instance, xcom_value
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 STACK = "stack-2"

@@ -2,109 +2,35 @@
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from airflow.providers.common.compat.sdk import AirflowException, AirflowSensorTimeout
-from airflow.sdk import DAG
 
 from airflow_provider_c66.exceptions import Cloud66InputError
 from airflow_provider_c66.models import Backup
 from airflow_provider_c66.sensors.backups import Cloud66BackupSensor
 from airflow_provider_c66.watermark import ANY_TYPE, BackupWait, Watermark
-from tests.helpers import xcom_value
+from tests.helpers import (
+    NOW,
+    RUN,
+    Failures,
+    list_gets,
+    record,
+    run_sensor,
+    when_requests,
+    xcom_value,
+)
 
-LIST_PATH = "/api/3/stacks/stack-1/backups.json"
 MODES = ["poke", "reschedule", "deferrable"]
-
-
-# --- helpers shared with test_operators -----------------------------------------------------------
-def when_requests(
-    emu: Any, count: int, action: Callable[[], object], method: str = "GET"
-) -> threading.Thread:
-    """Run ``action`` as soon as the emulator has answered ``count`` requests of ``method``."""
-
-    def watch() -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if sum(r.method == method for r in emu.requests) >= count:
-                action()
-                return
-            time.sleep(0.005)
-
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
-    return thread
-
-
-def record(emu: Any, backup_id: int, stack: str = "stack-1") -> dict[str, Any]:
-    """What the XCom value of a backup must be: the API's record as ``Backup.to_dict()`` writes it."""
-    raw = next(r for r in emu.backups(stack) if r["id"] == backup_id)
-    return Backup.from_api(raw).to_dict()
-
-
-class Failures:
-    """Keeps the exceptions a task failed with (``on_failure_callback`` gets none on Airflow 3.1)."""
-
-    def __init__(self) -> None:
-        self.errors: list[BaseException] = []
-
-    def wrap(self, cls: type) -> type:
-        """``cls`` recording what its ``execute`` and ``execute_complete`` raise (deferral aside)."""
-        errors = self.errors
-
-        def recorded(method: Callable[..., Any]) -> Callable[..., Any]:
-            def call(self: Any, *args: Any, **kwargs: Any) -> Any:
-                try:
-                    return method(self, *args, **kwargs)
-                except Exception as exc:
-                    if type(exc).__name__ not in ("TaskDeferred", "AirflowRescheduleException"):
-                        errors.append(exc)
-                    raise
-
-            return call
-
-        methods = {"execute": recorded(cls.execute)}
-        if hasattr(cls, "execute_complete"):
-            methods["execute_complete"] = recorded(cls.execute_complete)
-        return type(cls.__name__, (cls,), methods)
-
-    @property
-    def only(self) -> BaseException:
-        (error,) = self.errors
-        return error
 
 
 def mode_args(mode: str) -> dict[str, Any]:
     if mode == "deferrable":
         return {"deferrable": True}
     return {"deferrable": False, "mode": mode}
-
-
-def list_gets(emu: Any, path: str = LIST_PATH) -> list[Any]:
-    return [r for r in emu.requests if r.method == "GET" and r.path == path]
-
-
-NOW = datetime.now(UTC).replace(microsecond=0)
-RUN = NOW - timedelta(hours=1)  # the logical date (and data interval start) of the test runs
-
-
-def run_sensor(
-    run_dag: Any,
-    dag_id: str,
-    logical_date: datetime | None = RUN,
-    failures: Failures | None = None,
-    **kwargs: Any,
-) -> Any:
-    sensor_class = failures.wrap(Cloud66BackupSensor) if failures else Cloud66BackupSensor
-    with DAG(dag_id, schedule=None, params=kwargs.pop("params", {})) as dag:
-        sensor_class(task_id="wait", stack_id=kwargs.pop("stack_id", "stack-1"), **kwargs)
-    return run_dag(dag, logical_date=logical_date)
 
 
 # --- end to end -----------------------------------------------------------------------------------

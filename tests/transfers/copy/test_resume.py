@@ -17,9 +17,8 @@ from airflow.providers.common.compat.version_compat import AIRFLOW_V_3_3_PLUS
 
 from airflow_provider_c66.transfers.backup_to_s3 import Cloud66BackupToS3Operator
 from airflow_provider_c66.transfers.copy import CopyError, SourceChanged, copy_to_s3
-from tests.copy_fixtures import Archive
-from tests.helpers import open_uploads
-from tests.test_copy_engine import FAST, KEY, MiB, failing_on_call, read_object
+from tests.copy_fixtures import FAST, KEY, Archive, MiB, read_object
+from tests.helpers import failing_on_call, open_uploads
 
 PART = 5 * MiB
 DATE = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
