@@ -105,6 +105,13 @@ class _Record:
     def read_opt_str(self, name: str) -> str | None:
         return self._get(name, _to_str, False, None)
 
+    def read_required_str(self, name: str) -> str:
+        """A string the record cannot do without (an id): missing or empty is malformed."""
+        value = self.read_str(name, required=True)
+        if not value:
+            raise self._fail(name, "is empty")
+        return value
+
     def read_text(self, name: str) -> str | None:
         """Free text Cloud 66 writes (a result, a reason): it may echo a signed URL, so it is redacted."""
         value = self.read_opt_str(name)
@@ -283,9 +290,7 @@ class Stack:
     @classmethod
     def from_api(cls, raw: object) -> Stack:
         rec = _Record("stack", raw)
-        uid = rec.read_str("uid", required=True)
-        if not uid:
-            raise rec._fail("uid", "is empty")
+        uid = rec.read_required_str("uid")
         return cls(uid=uid, name=rec.read_str("name") or uid, environment=rec.read_str("environment"))
 
 
@@ -300,9 +305,7 @@ class BackupFile:
     @classmethod
     def from_api(cls, raw: object) -> BackupFile:
         rec = _Record("backup file", raw)
-        file_id = rec.read_str("id", required=True)
-        if not file_id:
-            raise rec._fail("id", "is empty")
+        file_id = rec.read_required_str("id")
         name = rec.read_str("name") or file_id
         match = _ID_PART.search(file_id) or _NAME_PART.search(name)
         suffix = match.group(match.lastindex or 1) if match else ""

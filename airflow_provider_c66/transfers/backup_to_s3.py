@@ -6,6 +6,7 @@ decides what to copy where, makes re-runs safe, writes the manifest and declares
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -217,9 +218,9 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
             extra["Tagging"] = validation.tags(self.tags)
         extra.update(self._object_lock())
         seconds = validation.positive_int(self.retry_budget, "retry_budget", maximum=3600)
-        validation.flag(self.verify_backup_size, "verify_backup_size")
+        verify_size = validation.flag(self.verify_backup_size, "verify_backup_size")
         settings = CopySettings(part_size=part_size, max_concurrency=concurrency, retry_budget=float(seconds))
-        return _ArchiveArgs(stack, backups, bucket, settings, extra)
+        return _ArchiveArgs(stack, backups, bucket, settings, extra, verify_size)
 
     def _object_lock(self) -> dict[str, Any]:
         """The Object Lock arguments of every write, or {} when none is asked for."""
@@ -270,22 +271,30 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
         self._cancel = cancel = _StopSignal()
         self._hook = hook = Cloud66Hook(self.cloud66_conn_id, cancel=cancel)
         self._lineage = []
+        # One S3 client for the try, made for the first backup that has files to copy. Not kept on the
+        # operator: Airflow may deep-copy a running operator, and a boto3 client cannot be copied.
+        s3 = functools.cache(lambda: self._s3_client(args.settings.max_concurrency))
         uris: list[str] = []
         for ident, known in args.backups:
             while True:
                 try:
-                    uris += self._archive(context, hook, args, ident, known)
+                    uris += self._archive(context, hook, s3, args, ident, known)
                     break
                 except Exception as exc:
                     budget.wait_for_reset(exc, context, self.log, cancel)
         return uris
 
     def _archive(
-        self, context: Any, hook: Cloud66Hook, args: _ArchiveArgs, ident: int, known: Backup | None
+        self,
+        context: Any,
+        hook: Cloud66Hook,
+        s3: Callable[[], Any],
+        args: _ArchiveArgs,
+        ident: int,
+        known: Backup | None,
     ) -> list[str]:
         """Archive one backup (``known``: its record as the sensor read it, which saves a request)."""
         stack, bucket, settings, extra = args.stack, args.bucket, args.settings, args.extra
-        verify_size = validation.flag(self.verify_backup_size, "verify_backup_size")
         backup = known if known is not None else hook.get_backup(stack, ident)
         if not backup.succeeded:
             raise AirflowException(
@@ -300,7 +309,7 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
                 "empty archive is never written. A retry looks again."
             )
         plan = self._plan(prefix, files)
-        client = self._s3_client(settings.max_concurrency)
+        client = s3()
         if any(name.startswith("ObjectLock") for name in extra):
             self._check_object_lock(client, bucket)
 
@@ -314,7 +323,7 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
 
         from airflow_provider_c66.transfers.copy import CopyCancelled, CopyError
 
-        expected = backup.backup_size if verify_size and backup.backup_size > 0 else None
+        expected = backup.backup_size if args.verify_size and backup.backup_size > 0 else None
         try:
             objects = self._copy(
                 hook,
@@ -777,6 +786,7 @@ class _ArchiveArgs:
     bucket: str
     settings: CopySettings
     extra: dict[str, Any]  # every S3 write's arguments: storage class, encryption, tags, Object Lock
+    verify_size: bool  # compare the files' total with the record's backup_size
 
 
 @dataclass(frozen=True)
