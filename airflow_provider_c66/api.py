@@ -412,7 +412,23 @@ class Answer:
     maybe_sent: bool = True  # with a failure: False only when the request certainly never left
 
 
+@dataclass(frozen=True)
+class Done:
+    """The steps have ended: ``value`` is what they return (a page, or every record of a read)."""
+
+    value: Any
+
+
+Steps = Generator[Send | Sleep, Answer | None, Any]
 CallSteps = Generator[Send | Sleep, Answer | None, Page]
+
+
+def advance(steps: Steps, answer: Answer | None) -> Send | Sleep | Done:
+    """The step after ``answer`` (None after a Sleep), or :class:`Done`: all a driver loops on."""
+    try:
+        return steps.send(answer)
+    except StopIteration as done:
+        return Done(done.value)
 
 
 def call(request: ApiRequest, policy: RetryPolicy, budget: RateBudget) -> CallSteps:

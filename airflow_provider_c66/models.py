@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 from airflow_provider_c66.exceptions import Cloud66ResponseError
 from airflow_provider_c66.redaction import redact_text
@@ -20,23 +20,27 @@ from airflow_provider_c66.redaction import redact_text
 DB_TYPES: tuple[str, ...] = ("mysql", "postgresql", "redis", "mongodb")
 
 
-class BackupStatus(enum.IntEnum):
+class _Status(enum.IntEnum):
+    """A status code Cloud 66 documents; a value the docs do not name reads as ``UNKNOWN`` (-1)."""
+
+    @classmethod
+    def _missing_(cls, value: object) -> Self:
+        return cls(-1)
+
+
+class BackupStatus(_Status):
     """``backup_status``: 0 succeeded, 1 failed. Values the docs do not name read as UNKNOWN."""
 
     UNKNOWN = -1
     OK = 0
     FAILED = 1
 
-    @classmethod
-    def _missing_(cls, value: object) -> BackupStatus:
-        return cls.UNKNOWN
-
     @property
     def is_terminal(self) -> bool:
         return self in (BackupStatus.OK, BackupStatus.FAILED)
 
 
-class RestoreStatus(enum.IntEnum):
+class RestoreStatus(_Status):
     """``restore_status`` as documented by Cloud 66."""
 
     UNKNOWN = -1
@@ -45,12 +49,8 @@ class RestoreStatus(enum.IntEnum):
     RESTORED = 2
     FAILED = 3
 
-    @classmethod
-    def _missing_(cls, value: object) -> RestoreStatus:
-        return cls.UNKNOWN
 
-
-class VerifyStatus(enum.IntEnum):
+class VerifyStatus(_Status):
     """``verify_status`` as documented by Cloud 66."""
 
     UNKNOWN = -1
@@ -59,10 +59,6 @@ class VerifyStatus(enum.IntEnum):
     VERIFIED = 2
     FAILED = 3
     UNABLE_TO_VERIFY = 4
-
-    @classmethod
-    def _missing_(cls, value: object) -> VerifyStatus:
-        return cls.UNKNOWN
 
 
 _T = TypeVar("_T")

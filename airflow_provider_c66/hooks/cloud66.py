@@ -11,7 +11,7 @@ import asyncio
 import copy
 import threading
 import time
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -147,20 +147,18 @@ class Cloud66Hook(BaseHook):  # type: ignore[misc]
         """A paged read, each page one call."""
         return self._drive(api.paged(steps, self.retry_policy, self.budget))  # type: ignore[no-any-return]
 
-    def _drive(self, steps: Generator[api.Send | api.Sleep, api.Answer | None, Any]) -> Any:
+    def _drive(self, steps: api.Steps) -> Any:
         """Run I/O-free steps with ``requests``: send what a step asks, sleep as long as it says."""
-        answer: api.Answer | None = None
-        while True:
-            try:
-                step = steps.send(answer)
-            except StopIteration as done:
-                return done.value
-            answer = None
-            if isinstance(step, api.Send):
-                answer = self._send(step.request)
-            else:
-                self._log_retry(step)
-                self._pause(step)
+        step = api.advance(steps, None)
+        while not isinstance(step, api.Done):
+            step = api.advance(steps, self._carry_out(step))
+        return step.value
+
+    def _carry_out(self, step: api.Send | api.Sleep) -> api.Answer | None:
+        if isinstance(step, api.Send):
+            return self._send(step.request)
+        self._pause(step)
+        return None
 
     def _send(self, request: ApiRequest) -> api.Answer:
         settings = self.settings
@@ -183,6 +181,7 @@ class Cloud66Hook(BaseHook):  # type: ignore[misc]
 
     def _pause(self, step: api.Sleep) -> None:
         """Sleep before an attempt; with a ``cancel`` event, give up as soon as it is set."""
+        self._log_retry(step)
         if self.cancel is None:
             time.sleep(step.seconds)
         elif self.cancel.wait(step.seconds) or self.cancel.is_set():
@@ -200,22 +199,21 @@ class Cloud66Hook(BaseHook):  # type: ignore[misc]
     async def _aread(self, steps: api.PageSteps, session: aiohttp.ClientSession) -> list[Any]:
         return await self._adrive(api.paged(steps, self.retry_policy, self.budget), session)  # type: ignore[no-any-return]
 
-    async def _adrive(
-        self, steps: Generator[api.Send | api.Sleep, api.Answer | None, Any], session: aiohttp.ClientSession
-    ) -> Any:
+    async def _adrive(self, steps: api.Steps, session: aiohttp.ClientSession) -> Any:
         """Run I/O-free steps with ``aiohttp`` (the sync driver's twin; a sync loop cannot await)."""
-        answer: api.Answer | None = None
-        while True:
-            try:
-                step = steps.send(answer)
-            except StopIteration as done:
-                return done.value
-            answer = None
-            if isinstance(step, api.Send):
-                answer = await self._asend(step.request, session)
-            else:
-                self._log_retry(step)
-                await asyncio.sleep(step.seconds)
+        step = api.advance(steps, None)
+        while not isinstance(step, api.Done):
+            step = api.advance(steps, await self._acarry_out(step, session))
+        return step.value
+
+    async def _acarry_out(
+        self, step: api.Send | api.Sleep, session: aiohttp.ClientSession
+    ) -> api.Answer | None:
+        if isinstance(step, api.Send):
+            return await self._asend(step.request, session)
+        self._log_retry(step)
+        await asyncio.sleep(step.seconds)
+        return None
 
     async def _asend(self, request: ApiRequest, session: aiohttp.ClientSession) -> api.Answer:
         import aiohttp
