@@ -1,8 +1,16 @@
 """Hostile and bad input: refused before any request, with a message naming the argument.
 
-One table covers every operator, the sensor, the transfer operators and the hook's methods. A few
-rows render Jinja that comes out empty (or ``"None"``) the way Airflow does: through the operator's
-``render_template_fields`` with a context, or through a real ``dag.test()`` run.
+One table (``BAD``) is the home of every refused argument: every operator, the sensor, the transfer
+operators, the trigger (whose constructor refuses) and the hook's methods. Each row ends in a
+``Cloud66InputError`` naming its field, with no request to Cloud 66, no call to S3 and nothing in
+the bucket; a row with a ``message`` also checks the error's wording. The operators and the sensor
+that can wait in the triggerer run some rows twice, the second time with ``deferrable=True``. A few
+rows render Jinja that comes out empty, ``"None"`` or a bad value the way Airflow does: through the
+operator's ``render_template_fields`` with a context, or through a real ``dag.test()`` run.
+
+Pure parsers with their own unit tests (``airflow_provider_c66.validation``, the retention policy,
+the key layout, the targets) stay with those tests, and so do a connection's settings (no token, a
+bad API URL) and refusals that must ask S3 first; this table drives the arguments of the entry points.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from airflow_provider_c66.transfers import archive
 from airflow_provider_c66.transfers.backup_to_s3 import Cloud66BackupToS3Operator
 from airflow_provider_c66.transfers.prune_archives import Cloud66ArchivePruneOperator
 from airflow_provider_c66.transfers.s3_to_cloud66 import S3ToCloud66ImportOperator
+from airflow_provider_c66.triggers.backups import Cloud66BackupTrigger
 from tests.s3_fixtures import catalogue_key
 
 RUN = datetime(2026, 5, 1, tzinfo=UTC)
@@ -45,6 +54,11 @@ OPERATORS: dict[str, tuple[type, dict[str, Any]]] = {
     ),
     "prune": (Cloud66ArchivePruneOperator, {"s3_bucket": BUCKET, "keep_daily": 7}),
 }
+TRIGGER: dict[str, Any] = {  # the trigger's arguments; its constructor refuses
+    "stack_id": "stack-1",
+    "marks": {"*": {"newer_than": None, "after_id": None}},
+    "end_time": RUN.timestamp() + 3600,
+}
 NAMES = {
     "create": "Cloud66CreateBackupOperator",
     "import": "Cloud66ImportBackupOperator",
@@ -52,6 +66,7 @@ NAMES = {
     "transfer": "Cloud66BackupToS3Operator",
     "restore": "S3ToCloud66ImportOperator",
     "prune": "Cloud66ArchivePruneOperator",
+    "trigger": "Cloud66BackupTrigger",
 }
 
 
@@ -61,15 +76,18 @@ class Bad:
 
     ``render``: None (plain arguments), "context" (``render_template_fields`` with a context) or
     "dag" (a real ``dag.test()`` run). ``params`` are the run's params for the templates.
+    ``message``: None, or text the error's message must contain (beyond naming the field).
     """
 
-    target: str  # an operator key of OPERATORS, or "hook.<method>"
+    case_id: str
+    target: str  # an operator key of OPERATORS, "trigger", or "hook.<method>"
     kwargs: dict[str, Any]
     field: str
     what: str
     args: tuple[Any, ...] = ()
     render: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    message: str | None = None
 
     @property
     def fault(self) -> str:
@@ -84,12 +102,22 @@ class Bad:
 
 
 def bad(case_id: str, target: str, field: str, what: str, **kwargs: Any) -> Any:
+    """A row; ``args``, ``render``, ``params`` and ``message`` go to :class:`Bad`, the rest are kwargs."""
     args = kwargs.pop("args", ())
     render = kwargs.pop("render", None)
     params = kwargs.pop("params", {})
-    case = Bad(target, kwargs, field, what, args, render, params)
+    message = kwargs.pop("message", None)
+    case = Bad(case_id, target, kwargs, field, what, args, render, params, message)
     mark = pytest.mark.reliability(area="bad input", fault=case.fault, outcome="refused before any request")
     return pytest.param(case, id=case_id, marks=mark)
+
+
+def both_modes(case_id: str, target: str, field: str, what: str, **kwargs: Any) -> list[Any]:
+    """The row as given, and again with ``deferrable=True`` (id ``<case_id>-deferrable``)."""
+    return [
+        bad(case_id, target, field, what, **kwargs),
+        bad(f"{case_id}-deferrable", target, field, what, deferrable=True, **kwargs),
+    ]
 
 
 BAD = [
@@ -97,26 +125,59 @@ BAD = [
     bad("create-stack-int", "create", "stack_id", "wrong type (int)", stack_id=123),
     bad("create-stack-empty", "create", "stack_id", "empty string", stack_id=""),
     bad("create-stack-traversal", "create", "stack_id", "path traversal '../other'", stack_id="../other"),
-    bad("create-db-unknown", "create", "db_type", "unknown db type 'oracle'", db_type="oracle"),
+    *both_modes("create-stack-slash", "create", "stack_id", "a slash 'x/y'", stack_id="x/y"),
+    *both_modes("create-db-unknown", "create", "db_type", "unknown db type 'oracle'", db_type="oracle"),
     bad("create-db-list", "create", "db_type", "a list with an unknown type", db_type=["mysql", "sqlite"]),
+    *both_modes(
+        "create-db-list-all", "create", "db_type", "a list mixing 'all' with a type", db_type=["all", "mysql"]
+    ),
     bad("create-db-empty", "create", "db_type", "empty string", db_type=""),
     bad("create-cron-6", "create", "frequency", "6-field cron '0 0 * * * *'", frequency="0 0 * * * *"),
     bad("create-cron-macro", "create", "frequency", "cron macro '@daily'", frequency="@daily"),
     bad("create-cron-step0", "create", "frequency", "cron step 0 '*/0 * * * *'", frequency="*/0 * * * *"),
+    *both_modes(
+        "create-cron-words", "create", "frequency", "not a cron ('every hour')", frequency="every hour"
+    ),
+    *both_modes(
+        "create-cron-minute-61",
+        "create",
+        "frequency",
+        "minute out of range '61 * * * *'",
+        frequency="61 * * * *",
+    ),
     bad("create-keep-huge", "create", "keep_count", "huge (10**9)", keep_count=10**9),
     bad("create-keep-2e63", "create", "keep_count", "huge (2**63)", keep_count=2**63),
     bad("create-keep-negative", "create", "keep_count", "negative", keep_count=-1),
     bad("create-keep-bool", "create", "keep_count", "wrong type (bool)", keep_count=True),
-    bad("create-gzip", "create", "gzip", "not a boolean ('maybe')", gzip="maybe"),
+    *both_modes("create-keep-zero", "create", "keep_count", "zero", keep_count=0),
+    *both_modes("create-gzip", "create", "gzip", "not a boolean ('maybe')", gzip="maybe"),
     bad(
         "create-tables-type", "create", "excluded_tables", "wrong type in the list", excluded_tables=["a", 5]
     ),
     bad("create-tables-ctrl", "create", "excluded_tables", "control character", excluded_tables="a\nb"),
     bad("create-tables-number", "create", "excluded_tables", "not a list or text (5)", excluded_tables=5),
+    *both_modes(
+        "create-tables-space", "create", "excluded_tables", "a space in a table name", excluded_tables=["a b"]
+    ),
     bad("create-replica", "create", "run_on_replica_server", "not a boolean (2)", run_on_replica_server=2),
+    *both_modes(
+        "create-replica-text",
+        "create",
+        "run_on_replica_server",
+        "not a boolean ('perhaps')",
+        run_on_replica_server="perhaps",
+    ),
     bad("create-poll-zero", "create", "poll_interval", "zero", poll_interval=0),
-    bad("create-timeout-text", "create", "timeout", "not a number ('soon')", timeout="soon"),
+    *both_modes("create-poll-zero-text", "create", "poll_interval", "zero as text ('0')", poll_interval="0"),
+    *both_modes("create-timeout-text", "create", "timeout", "not a number ('soon')", timeout="soon"),
     bad("create-wait-text", "create", "wait_for_completion", "not a boolean", wait_for_completion="often"),
+    *both_modes(
+        "create-wait-yes",
+        "create",
+        "wait_for_completion",
+        "a yes/no word ('yes'), not a boolean",
+        wait_for_completion="yes",
+    ),
     bad(
         "create-cron-jinja-empty",
         "create",
@@ -176,6 +237,7 @@ BAD = [
     bad("import-group-text", "import", "group", "not an integer ('abc')", group="abc"),
     bad("import-group-zero", "import", "group", "zero", group=0),
     bad("import-db-all", "import", "db_type", "'all' (an import is one type)", db_type="all"),
+    bad("import-timeout-negative", "import", "timeout", "negative", timeout=-5),
     bad(
         "import-url-jinja-empty",
         "import",
@@ -193,12 +255,36 @@ BAD = [
         db_type="{{ dag_run.conf.get('db_type', '') }}",
         render="context",
     ),
+    bad(
+        "import-url-jinja-http",
+        "import",
+        "remote_url",
+        "renders to a plain-http URL",
+        remote_url="{{ params.url }}",
+        params={"url": "http://attacker.example/db.tar"},
+        render="dag",
+    ),
     # Cloud66BackupSensor
     bad("sensor-stack-none", "sensor", "stack_id", "wrong type (None)", stack_id=None),
-    bad("sensor-db-unknown", "sensor", "db_type", "unknown db type 'postgres'", db_type="postgres"),
+    *both_modes(
+        "sensor-stack-space-slash", "sensor", "stack_id", "a space and a slash", stack_id="no such/stack"
+    ),
+    *both_modes("sensor-db-unknown", "sensor", "db_type", "unknown db type 'postgres'", db_type="postgres"),
     bad("sensor-group-negative", "sensor", "group", "negative", group=-1),
+    *both_modes("sensor-group-zero-text", "sensor", "group", "zero as text ('0')", group="0"),
     bad("sensor-database-empty", "sensor", "database_name", "empty string", database_name=""),
-    bad("sensor-newer-text", "sensor", "newer_than", "not a timestamp ('yesterday')", newer_than="yesterday"),
+    *both_modes("sensor-database-blank", "sensor", "database_name", "only a space", database_name=" "),
+    *both_modes(
+        "sensor-newer-text", "sensor", "newer_than", "not a timestamp ('yesterday')", newer_than="yesterday"
+    ),
+    *both_modes(
+        "sensor-newer-and-after",
+        "sensor",
+        "newer_than",
+        "set together with after_backup_id",
+        newer_than="2026-01-01T00:00:00Z",
+        after_backup_id=4,
+    ),
     bad(
         "sensor-newer-overflow",
         "sensor",
@@ -209,7 +295,14 @@ BAD = [
     bad(
         "sensor-after-traversal", "sensor", "after_backup_id", "path traversal '../7'", after_backup_id="../7"
     ),
-    bad(
+    *both_modes(
+        "sensor-after-negative-text",
+        "sensor",
+        "after_backup_id",
+        "negative as text ('-3')",
+        after_backup_id="-3",
+    ),
+    *both_modes(
         "sensor-fail-flag", "sensor", "fail_on_failed_backup", "not a boolean", fail_on_failed_backup="maybe"
     ),
     bad(
@@ -229,19 +322,70 @@ BAD = [
         db_type="{{ dag_run.conf.get('db_type', '') }}",
         render="dag",
     ),
-    # Cloud66BackupToS3Operator
-    bad("transfer-backup-none", "transfer", "backup_id", "wrong type (None)", backup_id=None),
-    bad("transfer-backup-text", "transfer", "backup_id", "not an integer ('12abc')", backup_id="12abc"),
-    bad("transfer-backup-dict", "transfer", "backup_id", "a record with a negative id", backup_id={"id": -4}),
-    bad("transfer-backup-list", "transfer", "backup_id", "a list holding a non-id", backup_id=[1, "x"]),
-    bad("transfer-backup-empty-list", "transfer", "backup_id", "an empty list", backup_id=[]),
+    bad(
+        "sensor-db-jinja-unknown",
+        "sensor",
+        "db_type",
+        "renders to an unknown db type 'oracle'",
+        db_type="{{ params.kind }}",
+        params={"kind": "oracle"},
+        render="dag",
+    ),
     bad(
         "sensor-db-type-list",
         "sensor",
         "db_type",
         "a list with a type the API does not know",
         db_type=["mysql", "oracle"],
+        message="must be one or more of mysql",
     ),
+    bad(
+        "sensor-db-type-list-all",
+        "sensor",
+        "db_type",
+        "a list with 'all'",
+        db_type=["mysql", "all"],
+        message="must be one or more of mysql",
+    ),
+    bad(
+        "sensor-db-type-list-empty",
+        "sensor",
+        "db_type",
+        "an empty list",
+        db_type=[],
+        message="must be one or more of mysql",
+    ),
+    # Cloud66BackupToS3Operator
+    bad("transfer-backup-none", "transfer", "backup_id", "wrong type (None)", backup_id=None),
+    bad("transfer-backup-text", "transfer", "backup_id", "not an integer ('12abc')", backup_id="12abc"),
+    bad("transfer-backup-dict", "transfer", "backup_id", "a record with a negative id", backup_id={"id": -4}),
+    bad("transfer-backup-list", "transfer", "backup_id", "a list holding a non-id", backup_id=[1, "x"]),
+    bad(
+        "transfer-backup-empty-list",
+        "transfer",
+        "backup_id",
+        "an empty list",
+        backup_id=[],
+        message="is an empty list",
+    ),
+    bad(
+        "transfer-backup-list-twice",
+        "transfer",
+        "backup_id",
+        "a list naming one backup twice",
+        backup_id=[3, {"id": 3}],
+        message="names a backup twice",
+    ),
+    bad("transfer-backup-zero", "transfer", "backup_id", "zero", backup_id=0),
+    bad("transfer-backup-dict-zero", "transfer", "backup_id", "a record with id zero", backup_id={"id": 0}),
+    bad(
+        "transfer-backup-dict-no-id",
+        "transfer",
+        "backup_id",
+        "a record without an id",
+        backup_id={"backup": 3},
+    ),
+    bad("transfer-stack-empty", "transfer", "stack_id", "empty string", stack_id=""),
     bad("transfer-bucket-empty", "transfer", "s3_bucket", "empty string", s3_bucket=""),
     bad(
         "transfer-bucket-traversal",
@@ -377,9 +521,66 @@ BAD = [
     ),
     bad("transfer-part-text", "transfer", "part_size", "not an integer ('big')", part_size="big"),
     bad("transfer-part-huge", "transfer", "part_size", "over 5 GiB", part_size=6 * 1024**3),
+    bad("transfer-part-small", "transfer", "part_size", "under 5 MiB (1024)", part_size=1024),
     bad("transfer-concurrency", "transfer", "max_concurrency", "huge (1000)", max_concurrency=1000),
+    bad("transfer-concurrency-zero", "transfer", "max_concurrency", "zero", max_concurrency=0),
     bad("transfer-storage", "transfer", "storage_class", "unknown ('COLDEST')", storage_class="COLDEST"),
+    bad(
+        "transfer-sse-unknown",
+        "transfer",
+        "server_side_encryption",
+        "unknown ('rot13')",
+        server_side_encryption="rot13",
+    ),
+    bad(
+        "transfer-kms-without-sse",
+        "transfer",
+        "sse_kms_key_id",
+        "a KMS key without server_side_encryption='aws:kms'",
+        sse_kms_key_id="k",
+    ),
     bad("transfer-tags-text", "transfer", "tags", "wrong type (a string)", tags="team=data"),
+    bad("transfer-tags-value-int", "transfer", "tags", "a value that is not text", tags={"a": 1}),
+    bad(
+        "transfer-catalog-placeholder",
+        "transfer",
+        "catalog_prefix",
+        "a placeholder 'cloud66/{stack_id}/'",
+        catalog_prefix="cloud66/{stack_id}/",
+        message="takes no placeholders",
+    ),
+    bad(
+        "transfer-catalog-absolute",
+        "transfer",
+        "catalog_prefix",
+        "absolute key '/abs/'",
+        catalog_prefix="/abs/",
+        message="must be a relative key",
+    ),
+    bad(
+        "transfer-catalog-up",
+        "transfer",
+        "catalog_prefix",
+        "path traversal 'a/../b/'",
+        catalog_prefix="a/../b/",
+        message="must not contain empty, '.' or '..' segments",
+    ),
+    bad(
+        "transfer-catalog-empty",
+        "transfer",
+        "catalog_prefix",
+        "empty string",
+        catalog_prefix="",
+        message="must be a non-empty key prefix such as 'cloud66/' or None",
+    ),
+    bad(
+        "transfer-catalog-int",
+        "transfer",
+        "catalog_prefix",
+        "wrong type (int)",
+        catalog_prefix=5,
+        message="must be a non-empty key prefix such as 'cloud66/' or None",
+    ),
     bad(
         "transfer-backup-jinja-none",
         "transfer",
@@ -414,12 +615,16 @@ BAD = [
         "path traversal '../../etc/passwd'",
         s3_key="../../etc/passwd",
     ),
+    bad("restore-key-inner-up", "restore", "s3_key", "path traversal inside 'a/../k'", s3_key="a/../k"),
     bad("restore-key-absolute", "restore", "s3_key", "absolute key '/abs/db.tar'", s3_key="/abs/db.tar"),
     bad("restore-key-empty", "restore", "s3_key", "empty string", s3_key=""),
     bad("restore-key-uri", "restore", "s3_key", "an s3:// URI", s3_key="s3://bucket/db.tar"),
     bad("restore-key-ctrl", "restore", "s3_key", "control characters", s3_key="db.tar\r\n"),
     bad("restore-expiry-huge", "restore", "expires_in", "over 7 days", expires_in=10**8),
+    bad("restore-expiry-short", "restore", "expires_in", "under 5 minutes (10 s)", expires_in=10),
     bad("restore-stack-space", "restore", "stack_id", "a space in the id", stack_id="stack 1"),
+    bad("restore-group-zero", "restore", "group", "zero", group=0),
+    bad("restore-db-all", "restore", "db_type", "'all' (an import is one type)", db_type="all"),
     bad(
         "restore-key-jinja-empty",
         "restore",
@@ -486,6 +691,7 @@ BAD = [
     ),
     # Cloud66Hook methods
     bad("hook-list-stack-list", "hook.list_backups", "stack_id", "wrong type (list)", args=(["stack-1"],)),
+    bad("hook-list-stack-empty", "hook.list_backups", "stack_id", "empty string", args=("",)),
     bad(
         "hook-list-db",
         "hook.list_backups",
@@ -493,6 +699,14 @@ BAD = [
         "unknown db type 'sqlite'",
         args=("stack-1",),
         db_type="sqlite",
+    ),
+    bad(
+        "hook-list-group-text",
+        "hook.list_backups",
+        "group",
+        "not an integer ('x')",
+        args=("stack-1",),
+        group="x",
     ),
     bad(
         "hook-latest-group",
@@ -509,6 +723,7 @@ BAD = [
         "injection '1 OR 1=1'",
         args=("stack-1", "1 OR 1=1"),
     ),
+    bad("hook-get-id-zero", "hook.get_backup", "backup_id", "zero", args=("stack-1", 0)),
     bad(
         "hook-get-stack-traversal", "hook.get_backup", "stack_id", "path traversal", args=("stack-1/../x", 1)
     ),
@@ -527,6 +742,38 @@ BAD = [
         "huge (50,000)",
         args=("stack-1",),
         keep_count=50_000,
+    ),
+    bad(
+        "hook-create-keep-zero",
+        "hook.create_backup_task",
+        "keep_count",
+        "zero",
+        args=("stack-1",),
+        keep_count=0,
+    ),
+    bad(
+        "hook-create-db",
+        "hook.create_backup_task",
+        "db_type",
+        "unknown db type 'sqlite'",
+        args=("stack-1",),
+        db_type="sqlite",
+    ),
+    bad(
+        "hook-create-gzip",
+        "hook.create_backup_task",
+        "gzip",
+        "not a boolean ('yes')",
+        args=("stack-1",),
+        gzip="yes",
+    ),
+    bad(
+        "hook-create-tables-space",
+        "hook.create_backup_task",
+        "excluded_tables",
+        "a space in a table name",
+        args=("stack-1",),
+        excluded_tables=["a b"],
     ),
     bad(
         "hook-import-172",
@@ -548,7 +795,38 @@ BAD = [
         db_type="mysql",
         remote_url="https://100.64.0.1/db.tar",
     ),
+    bad(
+        "hook-import-http",
+        "hook.import_backup",
+        "remote_url",
+        "plain http",
+        args=("stack-1",),
+        group=1,
+        db_type="mysql",
+        remote_url="http://example.com/x",
+    ),
+    bad(
+        "hook-import-group-zero",
+        "hook.import_backup",
+        "group",
+        "zero",
+        args=("stack-1",),
+        group=0,
+        db_type="mysql",
+        remote_url="https://e.com/x",
+    ),
+    bad(
+        "hook-import-db-all",
+        "hook.import_backup",
+        "db_type",
+        "'all' (an import is one type)",
+        args=("stack-1",),
+        group=1,
+        db_type="all",
+        remote_url="https://e.com/x",
+    ),
     bad("hook-files-zero", "hook.list_backup_files", "backup_id", "zero", args=("stack-1", 0)),
+    bad("hook-files-negative", "hook.list_backup_files", "backup_id", "negative", args=("stack-1", -1)),
     bad(
         "hook-url-traversal",
         "hook.get_backup_file_url",
@@ -565,6 +843,11 @@ BAD = [
     ),
     bad("hook-url-empty", "hook.get_backup_file_url", "file_id", "empty string", args=("stack-1", 1, "")),
     bad("hook-stack-none", "hook.get_stack", "stack_id", "wrong type (None)", args=(None,)),
+    bad("hook-stack-empty", "hook.get_stack", "stack_id", "empty string", args=("",)),
+    # Cloud66BackupTrigger (its constructor refuses)
+    bad("trigger-marks-empty", "trigger", "marks", "no watermark (an empty mapping)", marks={}),
+    bad("trigger-stack-traversal", "trigger", "stack_id", "path traversal '../etc'", stack_id="../etc"),
+    bad("trigger-poll-zero", "trigger", "poll_interval", "zero", poll_interval=0),
 ]
 
 
@@ -602,6 +885,10 @@ def _refuse(case: Bad, bucket: str, run_dag: Any) -> Cloud66InputError:
         with pytest.raises(Cloud66InputError) as info:
             getattr(Cloud66Hook(), case.target.split(".", 1)[1])(*case.args, **case.kwargs)
         return info.value
+    if case.target == "trigger":
+        with pytest.raises(Cloud66InputError) as info:
+            Cloud66BackupTrigger(**{**TRIGGER, **case.kwargs})
+        return info.value
     if case.render == "dag":
         from airflow.sdk import DAG
 
@@ -616,7 +903,7 @@ def _refuse(case: Bad, bucket: str, run_dag: Any) -> Cloud66InputError:
                 raise
 
         recording = type(cls.__name__, (cls,), {"execute": execute})
-        with DAG(f"bad_input_{case.target}_{case.field}", schedule=None, params=case.params) as dag:
+        with DAG(f"bad_input_{case.case_id}", schedule=None, params=case.params) as dag:
             recording(task_id="bad_input", **_operator_kwargs(case, bucket))
         dagrun = run_dag(dag, logical_date=RUN)
         assert dagrun.state == "failed"
@@ -643,6 +930,8 @@ def test_bad_input_is_refused_before_any_request(
 
     assert error.field == case.field
     assert str(error).startswith(f"{case.field}: "), str(error)
+    if case.message is not None:
+        assert case.message in str(error), str(error)
     assert cloud66_emulator.requests == [], "no request reached Cloud 66"
     assert s3_calls == [], "no call reached S3"
     assert s3_client.list_objects_v2(Bucket=s3_bucket).get("KeyCount") == 0
@@ -653,7 +942,7 @@ def test_the_table_has_at_least_40_bad_inputs_across_every_entry_point():
     cases = [param.values[0] for param in BAD]
     assert len(cases) >= 40
     targets = {case.target for case in cases}
-    assert set(OPERATORS) <= targets
+    assert set(OPERATORS) | {"trigger"} <= targets
     methods = {t.split(".", 1)[1] for t in targets if t.startswith("hook.")}
     assert methods >= {
         "list_backups",

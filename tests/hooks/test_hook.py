@@ -291,49 +291,6 @@ def test_a_budget_is_shared_only_by_hooks_with_the_same_url_and_token(cloud66_em
     assert [r.status for r in api_requests(spent)] == [503, 200]
 
 
-BAD_CALLS = [
-    ("list_backups", ("",), {}, "stack_id"),
-    ("list_backups", ("stack-1",), {"db_type": "oracle"}, "db_type"),
-    ("list_backups", ("stack-1",), {"group": "x"}, "group"),
-    ("get_backup", ("stack-1", 0), {}, "backup_id"),
-    ("get_backup", ("../x", 1), {}, "stack_id"),
-    ("create_backup_task", ("stack-1",), {"db_type": "sqlite"}, "db_type"),
-    ("create_backup_task", ("stack-1",), {"frequency": "* * * * * *"}, "frequency"),
-    ("create_backup_task", ("stack-1",), {"keep_count": 0}, "keep_count"),
-    ("create_backup_task", ("stack-1",), {"gzip": "yes"}, "gzip"),
-    ("create_backup_task", ("stack-1",), {"excluded_tables": ["a b"]}, "excluded_tables"),
-    (
-        "import_backup",
-        ("stack-1",),
-        {"group": 1, "db_type": "mysql", "remote_url": "http://example.com/x"},
-        "remote_url",
-    ),
-    (
-        "import_backup",
-        ("stack-1",),
-        {"group": 0, "db_type": "mysql", "remote_url": "https://e.com/x"},
-        "group",
-    ),
-    (
-        "import_backup",
-        ("stack-1",),
-        {"group": 1, "db_type": "all", "remote_url": "https://e.com/x"},
-        "db_type",
-    ),
-    ("list_backup_files", ("stack-1", -1), {}, "backup_id"),
-    ("get_backup_file_url", ("stack-1", 1, "../../etc"), {}, "file_id"),
-    ("get_stack", ("",), {}, "stack_id"),
-]
-
-
-@pytest.mark.parametrize(("method", "args", "kwargs", "field"), BAD_CALLS)
-def test_bad_input_is_refused_before_any_request(cloud66_emulator, hook, method, args, kwargs, field):
-    with pytest.raises(Cloud66InputError) as info:
-        getattr(hook, method)(*args, **kwargs)
-    assert info.value.field == field
-    assert cloud66_emulator.requests == []
-
-
 def test_missing_token_names_the_connection(monkeypatch):
     monkeypatch.setenv(
         "AIRFLOW_CONN_NOTOKEN", json.dumps({"conn_type": "cloud66", "host": "https://x.example"})

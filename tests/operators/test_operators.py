@@ -298,49 +298,6 @@ def test_settle_seconds_waits_until_the_new_backup_is_that_old(emu, run_dag, ope
 
 
 # --- input ----------------------------------------------------------------------------------------
-CREATE_BAD = [
-    ({"stack_id": "x/y"}, "stack_id"),
-    ({"db_type": "oracle"}, "db_type"),
-    ({"db_type": ["all", "mysql"]}, "db_type"),
-    ({"frequency": "every hour"}, "frequency"),
-    ({"frequency": "61 * * * *"}, "frequency"),
-    ({"keep_count": 0}, "keep_count"),
-    ({"gzip": "maybe"}, "gzip"),
-    ({"excluded_tables": ["a b"]}, "excluded_tables"),
-    ({"run_on_replica_server": "perhaps"}, "run_on_replica_server"),
-    ({"wait_for_completion": "yes"}, "wait_for_completion"),
-    ({"poll_interval": "0"}, "poll_interval"),
-    ({"timeout": "soon"}, "timeout"),
-]
-IMPORT_BAD = [
-    ({"group": 0}, "group"),
-    ({"db_type": "all"}, "db_type"),
-    ({"remote_url": "http://example.com/db.tar"}, "remote_url"),
-    ({"remote_url": "https://10.0.0.5/db.tar"}, "remote_url"),
-    ({"remote_url": "ftp://example.com/db.tar"}, "remote_url"),
-    ({"timeout": -5}, "timeout"),
-]
-
-
-@pytest.mark.parametrize(("kwargs", "field"), CREATE_BAD)
-@pytest.mark.parametrize("deferrable", [False, True])
-def test_create_refuses_bad_input_before_any_request(emu, kwargs, field, deferrable):
-    args = {"stack_id": STACK, "wait_for_completion": True, "deferrable": deferrable, **kwargs}
-    with pytest.raises(Cloud66InputError) as info:
-        Cloud66CreateBackupOperator(task_id="c", **args).execute({})
-    assert info.value.field == field
-    assert emu.requests == []
-
-
-@pytest.mark.parametrize(("kwargs", "field"), IMPORT_BAD)
-def test_import_refuses_bad_input_before_any_request(emu, kwargs, field):
-    args = {"stack_id": STACK, "group": 1, "db_type": "mysql", "remote_url": SIGNED_URL, **kwargs}
-    with pytest.raises(Cloud66InputError) as info:
-        Cloud66ImportBackupOperator(task_id="i", wait_for_completion=True, **args).execute({})
-    assert info.value.field == field
-    assert emu.requests == []
-
-
 def test_a_connection_without_token_is_refused_before_any_request(emu, monkeypatch):
     monkeypatch.setenv(
         "AIRFLOW_CONN_C66_NO_TOKEN", json.dumps({"conn_type": "cloud66", "host": emu.base_url})
@@ -348,23 +305,6 @@ def test_a_connection_without_token_is_refused_before_any_request(emu, monkeypat
     operator = Cloud66CreateBackupOperator(task_id="c", stack_id=STACK, cloud66_conn_id="c66_no_token")
     with pytest.raises(Cloud66InputError, match="has no access token"):
         operator.execute({})
-    assert emu.requests == []
-
-
-def test_bad_templated_input_fails_the_task_before_any_request(emu, run_dag):
-    failures = Failures()
-    dagrun = run_task(
-        run_dag,
-        Cloud66ImportBackupOperator,
-        "import_bad_input",
-        failures,
-        group=1,
-        db_type="mysql",
-        remote_url="{{ params.url }}",
-        params={"url": "http://attacker.example/db.tar"},
-    )
-    assert dagrun.state == "failed"
-    assert isinstance(failures.only, Cloud66InputError) and failures.only.field == "remote_url"
     assert emu.requests == []
 
 

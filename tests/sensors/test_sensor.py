@@ -269,42 +269,6 @@ def test_defaults_keep_100_waits_under_the_hourly_budget():
     }
 
 
-@pytest.mark.parametrize(
-    ("kwargs", "field"),
-    [
-        ({"stack_id": "no such/stack"}, "stack_id"),
-        ({"db_type": "oracle"}, "db_type"),
-        ({"group": "0"}, "group"),
-        ({"database_name": " "}, "database_name"),
-        ({"newer_than": "yesterday"}, "newer_than"),
-        ({"after_backup_id": "-3"}, "after_backup_id"),
-        ({"newer_than": "2026-01-01T00:00:00Z", "after_backup_id": 4}, "newer_than"),
-        ({"fail_on_failed_backup": "maybe"}, "fail_on_failed_backup"),
-    ],
-)
-@pytest.mark.parametrize("deferrable", [False, True])
-def test_bad_input_is_refused_before_any_request(cloud66_emulator, kwargs, field, deferrable):
-    sensor = Cloud66BackupSensor(task_id="w", **{"stack_id": "stack-1", **kwargs}, deferrable=deferrable)
-    with pytest.raises(Cloud66InputError) as info:
-        sensor.execute({"data_interval_start": RUN})
-    assert info.value.field == field
-    assert cloud66_emulator.requests == []
-
-
-def test_bad_templated_input_fails_the_task_before_any_request(cloud66_emulator, run_dag):
-    failures = Failures()
-    dagrun = run_sensor(
-        run_dag,
-        "sensor_bad_input",
-        db_type="{{ params.kind }}",
-        params={"kind": "oracle"},
-        failures=failures,
-    )
-    assert dagrun.state == "failed"
-    assert isinstance(failures.only, Cloud66InputError) and failures.only.field == "db_type"
-    assert cloud66_emulator.requests == []
-
-
 @pytest.mark.parametrize("mode", ["poke", "deferrable"])
 def test_several_types_are_waited_for_with_one_request_per_poll(cloud66_emulator, run_dag, mode):
     """db_type as a list: done when every type has a new backup; each poll is one unfiltered read."""
@@ -341,18 +305,3 @@ def test_several_types_fail_at_once_on_a_failed_backup_of_any(cloud66_emulator, 
     )
     assert dagrun.state == "failed"
     assert "oom" in str(failures.only)
-
-
-@pytest.mark.parametrize(
-    ("db_type", "message"),
-    [
-        (["mysql", "oracle"], "must be one or more of mysql"),
-        (["mysql", "all"], "must be one or more of mysql"),
-        ([], "must be one or more of mysql"),
-    ],
-)
-def test_a_bad_list_of_types_is_refused_before_any_request(cloud66_emulator, db_type, message):
-    sensor = Cloud66BackupSensor(task_id="wait", stack_id="stack-1", db_type=db_type)
-    with pytest.raises(Cloud66InputError, match=message):
-        sensor.build_wait({"data_interval_start": NOW})
-    assert cloud66_emulator.requests == []

@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 
 from airflow_provider_c66 import __version__
-from airflow_provider_c66.exceptions import Cloud66InputError
 from airflow_provider_c66.transfers.backup_to_s3 import Cloud66BackupToS3Operator
 from tests.helpers import ROOT, failing_on_call, keys
 from tests.s3_fixtures import catalogue_key
@@ -147,27 +146,6 @@ def test_a_custom_catalogue_prefix(emu: Any, s3_client: Any, s3_bucket: str, aws
     bid = emu.add_backup("stack-1", size=2048, backup_date=DATE, database_name="app_db")
     archive(s3_bucket, bid, catalog_prefix="lake/index")
     assert f"lake/index/stack-1/mysql/app_db/2026-03-04-{bid}.json" in keys(s3_client, s3_bucket)
-
-
-@pytest.mark.parametrize(
-    ("value", "problem"),
-    [
-        ("cloud66/{stack_id}/", "takes no placeholders"),
-        ("/abs/", "must be a relative key"),
-        ("a/../b/", "must not contain empty, '.' or '..' segments"),
-        ("", "must be a non-empty key prefix such as 'cloud66/' or None"),
-        (5, "must be a non-empty key prefix such as 'cloud66/' or None"),
-    ],
-)
-def test_a_bad_catalogue_prefix_is_refused_before_any_request(
-    emu: Any, s3_client: Any, s3_bucket: str, aws_connection: str, value: Any, problem: str
-) -> None:
-    bid = emu.add_backup("stack-1", size=2048, backup_date=DATE)
-    emu.clear_requests()
-    with pytest.raises(Cloud66InputError) as info:
-        archive(s3_bucket, bid, catalog_prefix=value)
-    assert info.value.field == "catalog_prefix" and problem in str(info.value)
-    assert emu.requests == [] and keys(s3_client, s3_bucket) == []
 
 
 def test_records_of_several_archives_read_as_one_json_lines_table(
