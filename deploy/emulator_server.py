@@ -58,31 +58,21 @@ def fingerprint(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()[:12]
 
 
-class WindowRecordingEmulator(Cloud66Emulator):
-    """The emulator, also noting for every authenticated API request the budget window it was counted
-    in (the window's start, as the emulator keeps it), so that the served requests of each window can
-    be counted from the log. The note is taken under the emulator's lock, as the request is counted."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.answers: list[dict[str, Any]] = []
-
-    def _api(self, method: str, path: str, params: dict[str, Any], headers: Any, **kwargs: Any) -> Any:
-        token = headers.get("Authorization", "").partition(" ")[2].strip()
-        with self._lock:  # re-entrant: the emulator takes it again to count the request
-            reply = super()._api(method, path, params, headers, **kwargs)
-            window = self._windows.get(token)
-            if window is not None:
-                self.answers.append(
-                    {
-                        "time": time.time(),
-                        "token": fingerprint(token),
-                        "path": path,
-                        "status": reply.status,
-                        "window_start": window.start,
-                    }
-                )
-        return reply
+def budget_windows(emu: Cloud66Emulator) -> list[dict[str, Any]]:
+    """For every API request the emulator's budget counted, the window it was counted in (the
+    window's start, as the emulator keeps it: ``RecordedRequest.budget_window``), so that the served
+    requests of each window can be counted from the log."""
+    return [
+        {
+            "time": r.time,
+            "token": fingerprint(r.headers.get("Authorization", "").partition(" ")[2].strip()),
+            "path": r.path,
+            "status": r.status,
+            "window_start": r.budget_window,
+        }
+        for r in emu.requests
+        if r.kind == "api" and r.budget_window is not None
+    ]
 
 
 def write_json(path: Path, document: Any) -> None:
@@ -107,7 +97,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda signum, frame: done.set())
     signal.signal(signal.SIGINT, lambda signum, frame: done.set())
 
-    emu = WindowRecordingEmulator(
+    emu = Cloud66Emulator(
         TOKEN,
         split_threshold=SPLIT_THRESHOLD,
         split_size=SPLIT_SIZE,
@@ -158,8 +148,9 @@ def main() -> int:
             }
             for r in emu.requests
         ]
+        windows = budget_windows(emu)
         emu.stop()
-        write_json(args.requests, {"requests": log, "api_windows": emu.answers})
+        write_json(args.requests, {"requests": log, "api_windows": windows})
     return 0
 
 

@@ -963,10 +963,10 @@ class HostileNames(Cloud66Emulator):
 
     names: dict[str, str] = {}
 
-    def _route(
+    def route_api(
         self, method: str, segments: list[str], params: dict[str, Any], scopes: tuple[str, ...]
     ) -> Any:
-        answer = super()._route(method, segments, params, scopes)
+        answer = super().route_api(method, segments, params, scopes)
         if method == "GET" and len(segments) == 5 and segments[-1] == "files":
             for item in answer["response"]:
                 item["name"] = self.names.get(item["id"], item["name"])

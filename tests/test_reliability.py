@@ -356,7 +356,7 @@ def test_url_expiring_mid_part_resumes_at_the_byte_with_a_fresh_url(
     # The URL expires just after the first part's GET was accepted, while its body is on the way;
     # that body then breaks off after 2 MiB, so the resume is sent with the expired URL.
     on_part(1, lambda: emu.truncate_next(1, r"\.tar$", after_bytes=2 * MiB))
-    accept = emu._file_reply
+    accept = emu.file_reply
     expired: list[bool] = []
 
     def file_reply(method: str, path: str, query: Any, headers: Any, ignore_range: bool) -> Any:
@@ -366,7 +366,7 @@ def test_url_expiring_mid_part_resumes_at_the_byte_with_a_fresh_url(
             emu.expire_urls()
         return reply
 
-    monkeypatch.setattr(emu, "_file_reply", file_reply)
+    monkeypatch.setattr(emu, "file_reply", file_reply)
     make_op(s3_bucket, bid, max_concurrency=1).execute({})  # one part at a time: the resume meets the expiry
 
     assert read(s3_client, s3_bucket, archive_key(emu, bid)) == archive_bytes(emu, bid)

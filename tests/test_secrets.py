@@ -37,14 +37,14 @@ SDK_LOGGERS = ("botocore", "boto3", "s3transfer")
 def issued(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Every signed file URL the emulator hands out, as it hands it out."""
     urls: list[str] = []
-    original = Cloud66Emulator._sign
+    original = Cloud66Emulator.sign_url
 
     def sign(self: Cloud66Emulator, backup: Any, part: Any) -> str:
         url = original(self, backup, part)
         urls.append(url)
         return url
 
-    monkeypatch.setattr(Cloud66Emulator, "_sign", sign)
+    monkeypatch.setattr(Cloud66Emulator, "sign_url", sign)
     return urls
 
 

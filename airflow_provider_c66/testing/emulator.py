@@ -74,6 +74,9 @@ class RecordedRequest:
     kind: RequestKind
     body: bytes = b""
     time: float = 0.0
+    budget_window: float | None = None
+    """For an API request the rate budget counted (served or throttled): the start (epoch seconds) of
+    the token's budget window it was counted in; None for file requests and uncounted answers."""
 
     def __repr__(self) -> str:
         headers = {k: ("<redacted>" if k == "Authorization" else v) for k, v in self.headers.items()}
@@ -206,6 +209,8 @@ class _Reply:
     paced: bool = False
     tail: Callable[[int], Iterable[bytes | memoryview]] | None = None
     """For the overlong fault: the ``n`` bytes that follow the body."""
+    budget_window: float | None = None
+    """The start of the budget window that counted this API answer (see :class:`RecordedRequest`)."""
 
     @classmethod
     def of(
@@ -582,7 +587,7 @@ class Cloud66Emulator:
     def signed_url(self, stack_uid: str, backup_id: int, file_id: str, *, api_quirk: bool = False) -> str:
         """A fresh signed URL for a file; with ``api_quirk`` ``%`` is double-encoded as the API does."""
         with self._lock:
-            url = self._sign(
+            url = self.sign_url(
                 self._backup(stack_uid, backup_id), self._file_by_id(stack_uid, backup_id, file_id)
             )
         return url.replace("%", "%25") if api_quirk else url
@@ -881,7 +886,9 @@ class Cloud66Emulator:
         mac = hmac.new(secret, self._string_to_sign(path, expires), hashlib.sha1)
         return base64.b64encode(mac.digest()).decode()
 
-    def _sign(self, backup: _Backup, part: _File) -> str:
+    def sign_url(self, backup: _Backup, part: _File) -> str:
+        """Sign a URL for one file of a backup: every signed URL the emulator hands out (API answers
+        and :meth:`signed_url`) is made here, so a subclass or a test wrapping it sees each one."""
         path = FILE_PREFIX + quote(f"{backup.storage_path}/{part.name}")
         expires = int(time.time() + self.url_ttl)
         signature = quote(self._signature(self._secret, path, expires), safe="")
@@ -936,16 +943,21 @@ class Cloud66Emulator:
                     ("X-RateLimit-Reset", str(math.ceil(window.start + self.budget_window))),
                 ]
                 error = _ApiError(503, "throttled", "Too many requests: the hourly API limit is exhausted")
-                return self._error_reply(error, rate)
+                throttled = self._error_reply(error, rate)
+                throttled.budget_window = window.start
+                return throttled
             window.used += 1
+            counted_in = window.start
             rate = [
                 ("X-RateLimit-Limit", str(self.hourly_budget)),
                 ("X-RateLimit-Remaining", str(max(0, self.hourly_budget - window.used))),
             ]
         if bad_body:
-            return self._error_reply(
+            reply = self._error_reply(
                 _ApiError(400, "bad_request", "The request body is not valid JSON"), rate
             )
+            reply.budget_window = counted_in
+            return reply
         route = path[len(API_PREFIX) :]
         if route.endswith(".json"):
             route = route[: -len(".json")]
@@ -953,18 +965,26 @@ class Cloud66Emulator:
         try:
             with self._lock:
                 self._materialize()
-                payload = self._route(method, segments, params, scopes)
+                payload = self.route_api(method, segments, params, scopes)
         except _ApiError as error:
-            return self._error_reply(error, rate)
-        return _Reply.of(200, _json_body(payload), "application/json; charset=utf-8", rate)
+            reply = self._error_reply(error, rate)
+        else:
+            reply = _Reply.of(200, _json_body(payload), "application/json; charset=utf-8", rate)
+        reply.budget_window = counted_in
+        return reply
 
     def _error_reply(self, error: _ApiError, headers: Sequence[tuple[str, str]]) -> _Reply:
         body = {"error": error.error, "error_description": error.description, "details": error.details}
         return _Reply.of(error.status, _json_body(body), "application/json; charset=utf-8", headers)
 
-    def _route(
+    def route_api(
         self, method: str, segments: list[str], params: dict[str, Any], scopes: tuple[str, ...]
     ) -> Any:
+        """Answer an authenticated, counted API request: the JSON payload of a 200, or raise the error.
+
+        ``segments`` is the path after ``/api/3`` without ``.json``, split on ``/``. Called with the
+        lock held; a subclass may override it to change answers (``super().route_api(...)`` first).
+        """
         read = method in ("GET", "HEAD")
         if read and "public" not in scopes:
             raise _ApiError(403, "insufficient_scope", "This action requires the 'public' scope")
@@ -996,7 +1016,7 @@ class Cloud66Emulator:
                 return self._paginate(items, params)
             case ["stacks", uid, "backups", backup_id, "files", file_id] if read:
                 backup = self._backup(uid, self._backup_id(uid, backup_id))
-                url = self._sign(backup, self._file(backup, file_id))
+                url = self.sign_url(backup, self._file(backup, file_id))
                 # The real API double-encodes every % of the signed URL.
                 return {"response": {"ok": True, "public_url": url.replace("%", "%25")}}
         raise _NotFound(f"No route matches {method} {API_PREFIX}/{'/'.join(segments)}")
@@ -1062,9 +1082,14 @@ class Cloud66Emulator:
 
     # -- signed file URLs --------------------------------------------------------------------------
 
-    def _file_reply(
+    def file_reply(
         self, method: str, path: str, query: Mapping[str, str], headers: Mapping[str, str], ignore_range: bool
     ) -> _Reply:
+        """Answer a request for a signed file URL as S3 would (``ignore_range``: send the whole file).
+
+        Public so that a test may wrap it (on the class or on one emulator) to act on an answer, for
+        example expire the URLs once a download has been accepted.
+        """
         xml = "application/xml"
         if "Authorization" in headers:
             message = (
@@ -1292,8 +1317,10 @@ class _Handler(BaseHTTPRequestHandler):
             elif parsed is not None:
                 bad_body = True
 
-        def record(status: int) -> None:
-            entry = RecordedRequest(method, path, query, headers, parsed, status, kind, body, time.time())
+        def record(status: int, window: float | None = None) -> None:
+            entry = RecordedRequest(
+                method, path, query, headers, parsed, status, kind, body, time.time(), window
+            )
             with emu._lock:
                 emu._log.append(entry)
 
@@ -1308,10 +1335,10 @@ class _Handler(BaseHTTPRequestHandler):
                 body_fault = emu._take_fault(["drop", "truncate", "overlong"], path, method, kind)
                 if kind == "file":
                     ignore = emu._take_fault(["ignore_range"], path, method, kind) is not None
-                    reply = emu._file_reply(method, path, query, headers, ignore)
+                    reply = emu.file_reply(method, path, query, headers, ignore)
                 else:
                     reply = emu._api(method, path, params, headers, bad_body=bad_body)
-            record(reply.status)
+            record(reply.status, reply.budget_window)
             self._send(reply, body_fault, head_only=method == "HEAD")
         except _CONN_ERRORS:
             self.close_connection = True
