@@ -17,7 +17,18 @@ from airflow.providers.common.compat.sdk import AirflowException
 from airflow_provider_c66.models import Backup, BackupStatus
 from airflow_provider_c66.transfers.backup_to_s3 import Cloud66BackupToS3Operator
 from airflow_provider_c66.watermark import ANY_TYPE, BackupWait, Watermark
-from tests.helpers import LIST_PATH, archive_of, keys, list_gets, open_uploads, record, run_sensor, xcom_value
+from tests.helpers import (
+    LIST_PATH,
+    archive_of,
+    keys,
+    list_gets,
+    open_uploads,
+    record,
+    run_sensor,
+    task_instance,
+    when_requests,
+    xcom_value,
+)
 
 MiB = 1 << 20
 SPLIT = 5 * MiB + 123
@@ -145,21 +156,34 @@ def test_sensor_with_settle_seconds_waits_until_the_record_is_that_old(
 ) -> None:
     emu = cloud66_emulator
     now = datetime.now(UTC).replace(microsecond=0)
-    # Dated half an hour ago (after the run's start), but its record is still changing: it was last
-    # written a few seconds from now (longer than dag.test() takes to start).
-    touched = now + timedelta(seconds=8)
-    bid = emu.add_backup("stack-1", backup_date=now - timedelta(minutes=30), updated_at=touched)
+    settle = 3
+    written: list[datetime] = []
+
+    def write_backup() -> None:
+        # Dated half an hour ago (after the run's start), but its record was written just now: the
+        # first look, whenever dag.test() gets to it, finds nothing, and the next ones a fresh record.
+        written.append(datetime.now(UTC))
+        emu.add_backup("stack-1", backup_date=now - timedelta(minutes=30), updated_at=written[0])
+
+    when_requests(emu, 1, write_backup)
     dagrun = run_sensor(
         run_dag,
         f"sensor_settle_{mode}",
         logical_date=now - timedelta(hours=1),
-        settle_seconds=1,
+        settle_seconds=settle,
         poke_interval=1,
         timeout=60,
         deferrable=mode == "deferrable",
     )
     assert dagrun.state == "success"
-    assert xcom_value(dagrun, "wait") == record(emu, bid)
+    (backup,) = emu.backups("stack-1")
+    assert xcom_value(dagrun, "wait") == record(emu, backup["id"])
     polls = list_gets(emu, LIST_PATH)
-    assert polls[0].time < touched.timestamp() + 1, "the first look found the backup too fresh"
-    assert len(polls) >= 2 and polls[-1].time >= touched.timestamp() + 1
+    # The record says it changed at the written second; it is settled `settle` seconds after that.
+    mark = written[0].replace(microsecond=0).timestamp() + settle
+    assert any(written[0].timestamp() < p.time < mark for p in polls), "no look found it unsettled"
+    # The sensor judges on its own clock once an answer is in; the emulator stamps arrival. So the
+    # last poll may arrive just before the mark, but no earlier one came after it and the task
+    # ended only after it.
+    assert all(p.time < mark for p in polls[:-1])
+    assert task_instance(dagrun, "wait").end_date.timestamp() >= mark
