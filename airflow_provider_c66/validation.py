@@ -38,14 +38,25 @@ def stack_id(value: object, field: str = "stack_id") -> str:
 
 def positive_int(value: object, field: str, maximum: int | None = None) -> int:
     """An integer ≥ 1 (a numeric string is accepted, as templated fields render to strings)."""
+    return integer(value, field, minimum=1, maximum=maximum)
+
+
+def integer(value: object, field: str, *, minimum: int, maximum: int | None = None, note: str = "") -> int:
+    """An integer from ``minimum`` (to ``maximum``); a numeric string is accepted, as templated fields
+    render to strings. ``note`` says what a bound means, e.g. what 0 does."""
     number: int | None = None
     if isinstance(value, int) and not isinstance(value, bool):
         number = value
     elif isinstance(value, str) and re.fullmatch(r"\s*\d+\s*", value):
         number = int(value)
-    if number is None or number < 1 or (maximum is not None and number > maximum):
-        upper = f" and at most {maximum}" if maximum is not None else ""
-        raise Cloud66InputError(field, f"must be an integer of at least 1{upper}, got {_describe(value)}")
+    if number is None or number < minimum or (maximum is not None and number > maximum):
+        if maximum is None:
+            allowed = f"of at least {minimum}"
+        elif minimum == 1:
+            allowed = f"of at least 1 and at most {maximum}"
+        else:
+            allowed = f"from {minimum} to {maximum}"
+        raise Cloud66InputError(field, f"must be an integer {allowed}{note}, got {_describe(value)}")
     return number
 
 

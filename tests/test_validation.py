@@ -42,6 +42,18 @@ from airflow_provider_c66.exceptions import Cloud66InputError
         (validation.keep_count, 0, "keep_count", "at least 1"),
         (validation.keep_count, 10_000_000, "keep_count", "at most 10000"),
         (validation.group, "abc", "group", "integer of at least 1"),
+        (
+            lambda v: validation.integer(v, "retries", minimum=0),
+            -1,
+            "retries",
+            "integer of at least 0, got -1",
+        ),
+        (
+            lambda v: validation.integer(v, "keep_last", minimum=0, maximum=9, note=" (0: none)"),
+            10,
+            "keep_last",
+            "must be an integer from 0 to 9 (0: none), got 10 (int)",
+        ),
     ],
 )
 def test_bad_input_names_the_field(check, value, field, message):

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 from urllib.parse import urlsplit
 
 import requests
@@ -40,6 +40,36 @@ if TYPE_CHECKING:
 
 DEFAULT_TIMEOUT = 60.0
 CONNECT_TIMEOUT = 10.0
+
+
+_TASK_CHECKS: dict[str, Callable[[Any], Any]] = {
+    "frequency": validation.cron,
+    "keep_count": validation.keep_count,
+    "gzip": lambda value: validation.flag(value, "gzip"),
+    "excluded_tables": validation.table_names,
+    "run_on_replica_server": lambda value: validation.flag(value, "run_on_replica_server"),
+}
+"""Each optional backup task setting and the check that reads it into its POST body value."""
+
+
+class LatestQuery(TypedDict, total=False):
+    """What :meth:`Cloud66Hook.latest_backups` and its async twin read (see there)."""
+
+    db_type: str | None
+    group: int | str | None
+    read_on: Callable[[list[Backup]], bool] | None
+    max_pages: int
+
+
+class BackupTask(TypedDict, total=False):
+    """A backup task's settings, as :meth:`Cloud66Hook.create_backup_task` takes them (see there)."""
+
+    db_type: str | Sequence[str]
+    frequency: str | None
+    keep_count: int | str | None
+    gzip: bool | str | None
+    excluded_tables: str | Sequence[str] | None
+    run_on_replica_server: bool | str | None
 
 
 class Cloud66Hook(BaseHook):  # type: ignore[misc]
@@ -278,36 +308,37 @@ class Cloud66Hook(BaseHook):  # type: ignore[misc]
         request = self.backups_request(stack_id, db_type=db_type, group=group)
         return self.newest_first(self._read(api.read_pages(request, _backups)))
 
-    def latest_backups(
-        self,
-        stack_id: str,
-        *,
-        db_type: str | None = None,
-        group: int | str | None = None,
-        read_on: Callable[[list[Backup]], bool] | None = None,
-        max_pages: int = 1,
-    ) -> list[Backup]:
+    def latest_backups(self, stack_id: str, **query: Unpack[LatestQuery]) -> list[Backup]:
         """The newest backups, newest first: page 1 only (one request, for polling within the rate
         budget), then further pages while ``read_on(backups so far)`` asks for older ones, up to
         ``max_pages`` in all.
+
+        :param db_type: only this database type.
+        :param group: only this backup group id.
+        :param read_on: asked with the backups read so far whether to read the next page.
+        :param max_pages: the most pages read (default 1).
         """
-        request = self.backups_request(stack_id, db_type=db_type, group=group)
-        return self.newest_first(self._read(_polling_read(request, read_on, max_pages)))
+        return self.newest_first(self._read(self._latest_read(stack_id, **query)))
 
     async def alatest_backups(
+        self, session: aiohttp.ClientSession, stack_id: str, **query: Unpack[LatestQuery]
+    ) -> list[Backup]:
+        """Async :meth:`latest_backups` for triggers."""
+        await self.aload_settings()
+        return self.newest_first(await self._aread(self._latest_read(stack_id, **query), session))
+
+    def _latest_read(
         self,
-        session: aiohttp.ClientSession,
         stack_id: str,
         *,
         db_type: str | None = None,
         group: int | str | None = None,
         read_on: Callable[[list[Backup]], bool] | None = None,
         max_pages: int = 1,
-    ) -> list[Backup]:
-        """Async :meth:`latest_backups` for triggers."""
-        await self.aload_settings()
+    ) -> api.PageSteps:
+        """A polling list read: page 1 (one request), further pages only while ``read_on`` asks."""
         request = self.backups_request(stack_id, db_type=db_type, group=group)
-        return self.newest_first(await self._aread(_polling_read(request, read_on, max_pages), session))
+        return api.read_pages(request, _backups, read_on=read_on or (lambda _: False), max_pages=max_pages)
 
     def get_backup(self, stack_id: str, backup_id: int | str) -> Backup:
         """One backup by id."""
@@ -319,60 +350,35 @@ class Cloud66Hook(BaseHook):  # type: ignore[misc]
         )
         return Backup.from_api(self._request(request).response)
 
-    def create_backup_task(
-        self,
-        stack_id: str,
-        *,
-        db_type: str | Sequence[str] = "all",
-        frequency: str | None = None,
-        keep_count: int | None = None,
-        gzip: bool | None = None,
-        excluded_tables: str | Sequence[str] | None = None,
-        run_on_replica_server: bool | None = None,
-    ) -> str:
+    def create_backup_task(self, stack_id: str, **task: Unpack[BackupTask]) -> str:
         """Create a scheduled backup task (needs the ``admin`` scope); returns the API's message.
 
         Cloud 66 answers with no backup id: watch :meth:`list_backups` for a newer backup instead.
 
-        :param db_type: ``all``, one type, or a list of mysql/postgresql/redis/mongodb.
+        :param db_type: ``all`` (the default), one type, or a list of mysql/postgresql/redis/mongodb.
         :param frequency: a 5-field cron expression, e.g. ``0 */1 * * *``.
         :param keep_count: how many previous backups Cloud 66 keeps.
         :param gzip: compress backups with gzip.
         :param excluded_tables: tables left out of the backup (a list or comma-separated).
         :param run_on_replica_server: back up from a replica when there is one.
         """
-        body = self.backup_task_body(
-            db_type=db_type,
-            frequency=frequency,
-            keep_count=keep_count,
-            gzip=gzip,
-            excluded_tables=excluded_tables,
-            run_on_replica_server=run_on_replica_server,
-        )
-        return self._post_backups(validation.stack_id(stack_id), body)
+        return self._post_backups(validation.stack_id(stack_id), self.backup_task_body(**task))
 
     @staticmethod
-    def backup_task_body(
-        *,
-        db_type: str | Sequence[str] = "all",
-        frequency: str | None = None,
-        keep_count: int | None = None,
-        gzip: bool | None = None,
-        excluded_tables: str | Sequence[str] | None = None,
-        run_on_replica_server: bool | None = None,
-    ) -> dict[str, Any]:
-        """The validated POST body of a backup task; operators call it to fail before any request."""
-        body: dict[str, Any] = {"db_type": ",".join(validation.db_types(db_type))}
-        if frequency is not None:
-            body["frequency"] = validation.cron(frequency)
-        if keep_count is not None:
-            body["keep_count"] = validation.keep_count(keep_count)
-        if gzip is not None:
-            body["gzip"] = validation.flag(gzip, "gzip")
-        if excluded_tables is not None:
-            body["excluded_tables"] = validation.table_names(excluded_tables)
-        if run_on_replica_server is not None:
-            body["run_on_replica_server"] = validation.flag(run_on_replica_server, "run_on_replica_server")
+    def backup_task_body(**task: Unpack[BackupTask]) -> dict[str, Any]:
+        """The validated POST body of a backup task; operators call it to fail before any request.
+
+        A setting left out (or None) is left out of the body, so Cloud 66 applies its own default.
+        """
+        unknown = sorted(set(task) - BackupTask.__optional_keys__)
+        if unknown:
+            allowed = ["db_type", *_TASK_CHECKS]
+            raise TypeError(f"unexpected backup task settings {unknown}; the settings are {allowed}")
+        body: dict[str, Any] = {"db_type": ",".join(validation.db_types(task.get("db_type", "all")))}
+        for name, check in _TASK_CHECKS.items():
+            value = task.get(name)
+            if value is not None:
+                body[name] = check(value)
         return body
 
     def import_backup(self, stack_id: str, *, group: int | str, db_type: str, remote_url: str) -> str:
@@ -495,13 +501,6 @@ class Cloud66Hook(BaseHook):  # type: ignore[misc]
 
 def _backups(page: Any) -> list[Backup]:
     return parse_records(Backup.from_api, page, "backup")
-
-
-def _polling_read(
-    request: ApiRequest, read_on: Callable[[list[Backup]], bool] | None, max_pages: int
-) -> api.PageSteps:
-    """A polling list read: page 1 (one request), further pages only while ``read_on`` asks."""
-    return api.read_pages(request, _backups, read_on=read_on or (lambda _: False), max_pages=max_pages)
 
 
 def _maybe_sent(exc: BaseException) -> bool:

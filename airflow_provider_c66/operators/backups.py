@@ -21,7 +21,7 @@ from airflow.providers.common.compat.sdk import (
 
 from airflow_provider_c66 import assets, budget, validation, watermark
 from airflow_provider_c66.exceptions import Cloud66OutcomeUnknownError
-from airflow_provider_c66.hooks.cloud66 import Cloud66Hook
+from airflow_provider_c66.hooks.cloud66 import BackupTask, Cloud66Hook
 from airflow_provider_c66.models import Backup
 from airflow_provider_c66.redaction import mask_credential, mask_for_rendered_fields, redact_url
 from airflow_provider_c66.triggers.backups import Cloud66BackupTrigger, read_event
@@ -29,6 +29,9 @@ from airflow_provider_c66.watermark import BackupWait, Verdict
 
 DEFAULT_TIMEOUT = 24 * 60 * 60.0
 """How long a wait lasts by default: a new task's first scheduled run may be up to its cron period away."""
+
+WAIT_FIELDS = ("wait_for_completion", "poll_interval", "timeout", "settle_seconds", "cloud66_conn_id")
+"""The templated arguments every POSTing operator shares: how it waits, and the connection."""
 
 
 @dataclass(frozen=True)
@@ -284,11 +287,7 @@ class Cloud66CreateBackupOperator(_BackupPostOperator):
         "gzip",
         "excluded_tables",
         "run_on_replica_server",
-        "wait_for_completion",
-        "poll_interval",
-        "timeout",
-        "settle_seconds",
-        "cloud66_conn_id",
+        *WAIT_FIELDS,
     )
     ui_color = "#2f9fd6"
 
@@ -312,7 +311,7 @@ class Cloud66CreateBackupOperator(_BackupPostOperator):
         self.excluded_tables = excluded_tables
         self.run_on_replica_server = run_on_replica_server
 
-    def _task_args(self) -> dict[str, Any]:
+    def _task_args(self) -> BackupTask:
         return {
             "db_type": self.db_type,
             "frequency": self.frequency,
@@ -357,12 +356,10 @@ class Cloud66ImportBackupOperator(_BackupPostOperator):
     :param remote_url: where Cloud 66 downloads the backup from: https (plain http only to a
         loopback host, for local testing). Its query string may be a credential: it is never logged.
     :param wait_for_completion: wait for the imported backup and return it.
-    :param poll_interval: seconds between two list requests while waiting (default 150).
-    :param timeout: seconds to wait before failing (default 24 hours).
-    :param settle_seconds: count a new backup only once its record has not changed for this long
-        (default 0: at once). See :class:`~airflow_provider_c66.sensors.backups.Cloud66BackupSensor`.
-    :param cloud66_conn_id: the Cloud 66 connection id (its token needs the ``admin`` scope).
-    :param deferrable: wait in the triggerer; default ``[operators] default_deferrable``.
+
+    ``poll_interval``, ``timeout``, ``settle_seconds``, ``cloud66_conn_id`` (its token needs the
+    ``admin`` scope) and ``deferrable`` mean what they mean for
+    :class:`Cloud66CreateBackupOperator`, with the same defaults.
     """
 
     template_fields: Sequence[str] = (
@@ -370,11 +367,7 @@ class Cloud66ImportBackupOperator(_BackupPostOperator):
         "group",
         "db_type",
         "remote_url",
-        "wait_for_completion",
-        "poll_interval",
-        "timeout",
-        "settle_seconds",
-        "cloud66_conn_id",
+        *WAIT_FIELDS,
     )
     ui_color = "#2f9fd6"
 

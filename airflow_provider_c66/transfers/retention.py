@@ -19,11 +19,11 @@ when a rule finds fewer periods than it may keep: what is kept is exactly what t
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from airflow_provider_c66 import validation
 from airflow_provider_c66.exceptions import Cloud66InputError
 
 RULES = ("keep_last", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly")
@@ -32,19 +32,8 @@ Group = tuple[str, str, str]  # (stack id, db type, database)
 
 
 def _count(value: object, field: str) -> int:
-    """An integer ≥ 0 (a numeric string is accepted, as templated fields render to strings)."""
-    number: int | None = None
-    if isinstance(value, int) and not isinstance(value, bool):
-        number = value
-    elif isinstance(value, str) and re.fullmatch(r"\s*\d+\s*", value):
-        number = int(value)
-    if number is None or number < 0 or number > MAX_KEEP:
-        raise Cloud66InputError(
-            field,
-            f"must be an integer from 0 to {MAX_KEEP} (0: this rule keeps nothing), "
-            f"got {value!r:.80} ({type(value).__name__})",
-        )
-    return number
+    """An integer from 0 to MAX_KEEP (a numeric string is accepted, as templated fields render so)."""
+    return validation.integer(value, field, minimum=0, maximum=MAX_KEEP, note=" (0: this rule keeps nothing)")
 
 
 @dataclass(frozen=True)
@@ -55,10 +44,15 @@ class RetentionPolicy:
     keeps nothing would delete every archive and is refused with :class:`Cloud66InputError`.
     """
 
+    #: the N newest archives of each group
     keep_last: int = 0
+    #: the newest archive of each of the N most recent days that have one
     keep_daily: int = 0
+    #: the same per ISO week (2027-01-01 is in 2026-W53)
     keep_weekly: int = 0
+    #: the same per calendar month
     keep_monthly: int = 0
+    #: the same per calendar year
     keep_yearly: int = 0
 
     def __post_init__(self) -> None:

@@ -93,6 +93,21 @@ def test_create_backup_task_defaults_to_all(cloud66_emulator, hook):
     assert api_requests(cloud66_emulator, "POST")[0].json == {"db_type": "all"}
 
 
+def test_a_backup_task_setting_left_none_is_left_out_of_the_body():
+    body = Cloud66Hook.backup_task_body(db_type="redis", frequency=None, keep_count="3", gzip="False")
+    assert body == {"db_type": "redis", "keep_count": 3, "gzip": False}
+
+
+def test_an_unknown_backup_task_setting_is_refused_before_any_request(cloud66_emulator, hook):
+    with pytest.raises(TypeError) as info:
+        hook.create_backup_task("stack-1", frequncy="0 * * * *")  # type: ignore[call-arg]
+    assert str(info.value) == (
+        "unexpected backup task settings ['frequncy']; the settings are ['db_type', 'frequency', "
+        "'keep_count', 'gzip', 'excluded_tables', 'run_on_replica_server']"
+    )
+    assert cloud66_emulator.requests == []
+
+
 def test_import_backup(cloud66_emulator, hook):
     url = "https://example.com/dumps/redis_23.tar"
     assert hook.import_backup("stack-1", group=5, db_type="mysql", remote_url=url) == (

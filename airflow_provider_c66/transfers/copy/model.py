@@ -7,6 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
+from airflow_provider_c66 import validation
+
 logger = logging.getLogger("airflow_provider_c66.transfers.copy")
 
 
@@ -125,19 +127,13 @@ class CopySettings:
     progress_interval: float = 5.0
 
     def __post_init__(self) -> None:
-        if self.part_size <= 0 or self.max_concurrency <= 0 or self.retries < 0:
-            raise ValueError("part_size and max_concurrency must be positive and retries non-negative")
-        if (
-            min(
-                self.backoff_base,
-                self.backoff_max,
-                self.connect_timeout,
-                self.read_timeout,
-                self.retry_budget,
-            )
-            < 0
-        ):
-            raise ValueError("backoff and timeout settings must be non-negative")
+        """Refuse a setting the copy cannot run with, naming it (Cloud66InputError)."""
+        validation.positive_int(self.part_size, "part_size")
+        validation.positive_int(self.max_concurrency, "max_concurrency")
+        validation.integer(self.retries, "retries", minimum=0)
+        for name in ("retry_budget", "backoff_base", "backoff_max", "connect_timeout", "read_timeout"):
+            validation.seconds(getattr(self, name), name, allow_zero=True)
+        validation.seconds(self.progress_interval, "progress_interval")
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from botocore.exceptions import ClientError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from airflow_provider_c66.exceptions import Cloud66InputError
 from airflow_provider_c66.testing import RecordedRequest
 from airflow_provider_c66.transfers import copy as engine
 from airflow_provider_c66.transfers.copy import (
@@ -268,6 +269,26 @@ def peak_reading(events: list[tuple[str, int]]) -> int:
         reading += {"started": 1, "read": -1}.get(event, 0)
         peak = max(peak, reading)
     return peak
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "message"),
+    [
+        ("part_size", 0, "must be an integer of at least 1, got 0 (int)"),
+        ("max_concurrency", 2.5, "must be an integer of at least 1, got 2.5 (float)"),
+        ("retries", -1, "must be an integer of at least 0, got -1 (int)"),
+        ("retry_budget", -1.0, "must be a non-negative number of seconds, got -1.0"),
+        ("backoff_max", float("inf"), "must be a non-negative number of seconds, got inf"),
+        ("read_timeout", "soon", "must be a non-negative number of seconds, got 'soon'"),
+        ("progress_interval", 0, "must be a positive number of seconds, got 0"),
+    ],
+)
+def test_a_copy_setting_it_cannot_run_with_is_refused_by_name(setting: str, value: Any, message: str) -> None:
+    with pytest.raises(Cloud66InputError) as info:
+        CopySettings(**{setting: value})
+    assert info.value.field == setting
+    assert str(info.value) == f"{setting}: {message}"
+    assert CopySettings(retries=0, retry_budget=0, backoff_base=0).retries == 0  # zero is a choice here
 
 
 def test_part_memory_is_bounded_by_twice_max_concurrency(
