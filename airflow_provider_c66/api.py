@@ -373,6 +373,36 @@ class Attempts:
         return delay
 
 
+class RetryState:
+    """The failures of one operation that keeps trying from its first failure, under a policy.
+
+    For the copy engine's byte ranges and S3 calls: their ``total_timeout`` counts from the first
+    failure, not from the start, since a long download may fail after it has run for an hour.
+    """
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        self.policy = policy
+        self.failures = 0
+        self._first = 0.0
+
+    @property
+    def spent(self) -> float:
+        """Seconds since the first failure."""
+        return time.monotonic() - self._first if self._first else 0.0
+
+    def failed(self) -> bool:
+        """Count a failure; False once the policy's attempts or its time are used up."""
+        self.failures += 1
+        self._first = self._first or time.monotonic()
+        return self.failures < self.policy.max_attempts and self.spent <= self.policy.total_timeout
+
+    def delay(self, retry_after: float | None = None) -> float:
+        """The pause before the next try: the policy's backoff, or the server's ``Retry-After`` when
+        longer (up to ``backoff_max``)."""
+        delay = self.policy.backoff(self.failures)
+        return max(delay, min(retry_after, self.policy.backoff_max)) if retry_after is not None else delay
+
+
 # --- one call and one paged read, as steps without I/O -------------------------------------------
 # The hook drives these generators with ``requests`` (sync) or ``aiohttp`` (triggers): a driver
 # only sends what a step asks for and sleeps as long as it says, so there is one retry loop and

@@ -8,7 +8,6 @@ import http.cookiejar
 import logging
 import re
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -16,7 +15,7 @@ import requests
 import requests.adapters
 import urllib3.exceptions
 
-from airflow_provider_c66.api import RetryPolicy, parse_retry_after
+from airflow_provider_c66.api import RetryState, parse_retry_after
 from airflow_provider_c66.redaction import describe_error, redact_message, redact_urllib3_logs
 from airflow_provider_c66.transfers.copy.coordination import _Coordinator
 from airflow_provider_c66.transfers.copy.model import (
@@ -142,7 +141,6 @@ class _Downloader:
         self.settings = settings
         self.coordinator = coordinator
         self.log = log
-        self.policy = RetryPolicy(backoff_base=settings.backoff_base, backoff_max=settings.backoff_max)
         self.session = _plain_session(settings.max_concurrency)
         redact_urllib3_logs()
 
@@ -172,7 +170,7 @@ class _Downloader:
 
     def _retrying(self, index: int, where: Callable[[], str], attempt: Callable[[str], _T]) -> _T:
         signed = self.urls[index]
-        failures, first_failure = 0, 0.0
+        retry = RetryState(self.settings.retry_policy)
         while True:
             self.coordinator.check()
             url, generation = signed.get()
@@ -185,28 +183,26 @@ class _Downloader:
             except _Fatal as exc:
                 raise CopyError(f"{signed.source.label}, {where()}: {exc}") from None
             except _Retry as exc:
-                failures += 1
-                first_failure = first_failure or time.monotonic()
                 what = f"{signed.source.label}, {where()}"
-                spent = time.monotonic() - first_failure
-                if failures > self.settings.retries or spent > self.settings.retry_budget:
+                if not retry.failed():
                     raise CopyError(
-                        f"{what}: giving up after {failures} failed attempts over {spent:.0f} s; last: {exc}"
+                        f"{what}: giving up after {retry.failures} failed attempts over {retry.spent:.0f} s; "
+                        f"last: {exc}"
                     ) from None
                 if exc.expired:
                     self.log.info("%s: %s; fetching a fresh signed URL", what, exc)
                     signed.refresh(generation)
                     continue
-                delay = self._backoff(failures, exc.retry_after)
+                delay = retry.delay(exc.retry_after)
                 self.log.warning(
-                    "%s: %s; retry %d of %d in %.1f s", what, exc, failures, self.settings.retries, delay
+                    "%s: %s; retry %d of %d in %.1f s",
+                    what,
+                    exc,
+                    retry.failures,
+                    self.settings.retries,
+                    delay,
                 )
                 self.coordinator.sleep(delay)
-
-    def _backoff(self, failures: int, retry_after: float | None) -> float:
-        """The package's one backoff curve (:class:`~airflow_provider_c66.api.RetryPolicy`)."""
-        delay = self.policy.backoff(failures)
-        return max(delay, min(retry_after, self.policy.backoff_max)) if retry_after is not None else delay
 
     def _get(self, url: str, first: int, last: int) -> requests.Response:
         timeout = (self.settings.connect_timeout, self.settings.read_timeout)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from airflow_provider_c66 import validation
+from airflow_provider_c66.api import RetryPolicy
 
 logger = logging.getLogger("airflow_provider_c66.transfers.copy")
 
@@ -125,6 +126,16 @@ class CopySettings:
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
     progress_interval: float = 5.0
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        """One byte range's or S3 call's policy: ``retries + 1`` attempts within ``retry_budget`` s."""
+        return RetryPolicy(
+            max_attempts=self.retries + 1,
+            backoff_base=self.backoff_base,
+            backoff_max=self.backoff_max,
+            total_timeout=self.retry_budget,
+        )
 
     def __post_init__(self) -> None:
         """Refuse a setting the copy cannot run with, naming it (Cloud66InputError)."""

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
-from airflow_provider_c66.api import RetryPolicy
+from airflow_provider_c66.api import RetryState
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -345,7 +344,7 @@ class _Key:
         safe to repeat: writes are conditional or checked (:meth:`write`), and an upload created twice
         is aborted once the archive is complete.
         """
-        failures, first_failure = 0, 0.0
+        retry: RetryState | None = None
         while True:
             try:
                 return call(Bucket=self.bucket, Key=self.key, **kwargs)
@@ -353,18 +352,20 @@ class _Key:
                 if self.patience is None or not _transient(exc):
                     raise CopyError(f"{self.target}: S3 {operation} failed: {exc}") from exc
                 settings, sleep = self.patience
-                failures += 1
-                first_failure = first_failure or time.monotonic()
-                spent = time.monotonic() - first_failure
-                if failures > settings.retries or spent > settings.retry_budget:
+                retry = retry or RetryState(settings.retry_policy)
+                if not retry.failed():
                     raise CopyError(
-                        f"{self.target}: S3 {operation} failed {failures} times over {spent:.0f} s: {exc}"
+                        f"{self.target}: S3 {operation} failed {retry.failures} times over "
+                        f"{retry.spent:.0f} s: {exc}"
                     ) from exc
-                delay = RetryPolicy(
-                    backoff_base=settings.backoff_base, backoff_max=settings.backoff_max
-                ).backoff(failures)
+                delay = retry.delay()
                 self.log.warning(
-                    "%s: S3 %s failed (%s); retry %d in %.1f s", self.target, operation, exc, failures, delay
+                    "%s: S3 %s failed (%s); retry %d in %.1f s",
+                    self.target,
+                    operation,
+                    exc,
+                    retry.failures,
+                    delay,
                 )
                 sleep(delay)
 
