@@ -390,11 +390,11 @@ class RetryState:
         """Seconds since the first failure."""
         return time.monotonic() - self._first if self._first else 0.0
 
-    def failed(self) -> bool:
-        """Count a failure; False once the policy's attempts or its time are used up."""
+    def gives_up(self) -> bool:
+        """Count a failure; True once the policy's attempts or its time are used up."""
         self.failures += 1
         self._first = self._first or time.monotonic()
-        return self.failures < self.policy.max_attempts and self.spent <= self.policy.total_timeout
+        return self.failures >= self.policy.max_attempts or self.spent > self.policy.total_timeout
 
     def delay(self, retry_after: float | None = None) -> float:
         """The pause before the next try: the policy's backoff, or the server's ``Retry-After`` when

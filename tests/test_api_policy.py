@@ -170,23 +170,23 @@ def test_a_retry_state_counts_attempts_and_time_from_the_first_failure(monkeypat
     retry = api.RetryState(RetryPolicy(max_attempts=4, backoff_base=1, backoff_max=2, total_timeout=10))
     clock[0] += 3600  # a long download that has not failed yet spends none of the budget
     assert retry.spent == 0.0
-    assert retry.failed() and retry.failures == 1 and retry.spent == 0.0
+    assert not retry.gives_up() and retry.failures == 1 and retry.spent == 0.0
     clock[0] += 10
-    assert retry.failed() and retry.spent == 10.0  # at the budget: one more try
+    assert not retry.gives_up() and retry.spent == 10.0  # at the budget: one more try
     clock[0] += 0.5
-    assert not retry.failed() and retry.failures == 3  # past it
+    assert retry.gives_up() and retry.failures == 3  # past it
     attempts = api.RetryState(RetryPolicy(max_attempts=2))
-    assert attempts.failed() and not attempts.failed()  # two attempts: one failure may be retried
+    assert not attempts.gives_up() and attempts.gives_up()  # two attempts: one failure may be retried
 
 
 def test_a_retry_state_waits_at_least_retry_after_up_to_the_backoff_cap(monkeypatch):
     monkeypatch.setattr(api.random, "uniform", lambda low, high: high)
     retry = api.RetryState(RetryPolicy(backoff_base=1, backoff_max=8))
-    retry.failed()
+    retry.gives_up()
     assert retry.delay() == 1.0
     assert retry.delay(retry_after=5) == 5.0
     assert retry.delay(retry_after=60) == 8.0  # a signed-URL host's long Retry-After is capped
-    retry.failed()
+    retry.gives_up()
     assert retry.delay(retry_after=0.5) == 2.0
 
 

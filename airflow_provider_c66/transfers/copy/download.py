@@ -184,7 +184,7 @@ class _Downloader:
                 raise CopyError(f"{signed.source.label}, {where()}: {exc}") from None
             except _Retry as exc:
                 what = f"{signed.source.label}, {where()}"
-                if not retry.failed():
+                if retry.gives_up():
                     raise CopyError(
                         f"{what}: giving up after {retry.failures} failed attempts over {retry.spent:.0f} s; "
                         f"last: {exc}"

@@ -353,7 +353,7 @@ class _Key:
                     raise CopyError(f"{self.target}: S3 {operation} failed: {exc}") from exc
                 settings, sleep = self.patience
                 retry = retry or RetryState(settings.retry_policy)
-                if not retry.failed():
+                if retry.gives_up():
                     raise CopyError(
                         f"{self.target}: S3 {operation} failed {retry.failures} times over "
                         f"{retry.spent:.0f} s: {exc}"
