@@ -362,7 +362,8 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
                 prefix,
             )
             return self._finish(context, client, bucket, prefix, plan, done, backup, stack, extra)
-        if not self._write_manifest(client, bucket, prefix, stack, backup, objects, extra, taken):
+        written = self._write_manifest(client, bucket, prefix, stack, backup, objects, extra, taken)
+        if written is None:
             done = self._complete_archive(client, bucket, prefix, stack, ident, list(plan))
             if done is None:
                 raise AirflowException(
@@ -379,9 +380,8 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
             bucket,
             prefix,
         )
-        return self._finish(
-            context, client, bucket, prefix, plan, [o.key for o in objects], backup, stack, extra
-        )
+        keys = [o.key for o in objects]
+        return self._finish(context, client, bucket, prefix, plan, keys, backup, stack, extra, written)
 
     def _copy(
         self,
@@ -463,9 +463,9 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
         objects: Sequence[ArchivedObject],
         extra: Mapping[str, Any],
         taken: set[str],
-    ) -> bool:
-        """Write the manifest last, under the archive's encryption and lock; False when another run's
-        manifest took the key first (a conditional write answered 412)."""
+    ) -> dict[str, Any] | None:
+        """Write the manifest last, under the archive's encryption and lock; return it, or None when
+        another run's manifest took the key first (a conditional write answered 412)."""
         from airflow_provider_c66.transfers.copy import write_object
 
         key = prefix + archive.MANIFEST_NAME
@@ -477,12 +477,13 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
             "ObjectLockLegalHoldStatus",
         )
         manifest_extra = {k: v for k, v in extra.items() if k in kept}
+        body = archive.build_manifest(stack, backup, objects, joined=self.join_parts)
         try:
             write_object(
                 client,
                 bucket,
                 key,
-                archive.build_manifest(stack, backup, objects, joined=self.join_parts),
+                body,
                 extra_args={
                     **manifest_extra,
                     "ContentType": "application/json",
@@ -492,8 +493,9 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
                 log=self.log,
             )
         except ObjectExists:
-            return False
-        return True
+            return None
+        document: dict[str, Any] = json.loads(body)  # what S3 now holds, checked by write_object
+        return document
 
     def _check_object_lock(self, client: Any, bucket: str) -> None:
         """Object Lock asked for: the bucket must have it enabled, or nothing is uploaded."""
@@ -632,11 +634,13 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
         backup: Backup,
         stack: str,
         extra: Mapping[str, Any],
+        written: Mapping[str, Any] | None = None,
     ) -> list[str]:
-        """The archive is complete: tidy its keys, make sure the catalogue lists it, announce it."""
+        """The archive is complete: tidy its keys, make sure the catalogue lists it, announce it.
+        (``written``: the manifest this run has just written, which need not be read back.)"""
         self._abort_leftover_uploads(client, bucket, list(plan))
         manifest_key = prefix + archive.MANIFEST_NAME
-        document = read_manifest(client, bucket, manifest_key) or {}
+        document = written or read_manifest(client, bucket, manifest_key) or {}
         if self.catalog_prefix is not None:
             self._catalogue(client, bucket, manifest_key, document, stack, backup, extra)
         self._record_lineage(bucket, keys, document, backup, stack)

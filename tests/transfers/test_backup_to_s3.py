@@ -325,3 +325,45 @@ def test_a_list_of_sensor_records_is_archived_one_after_the_other_without_readin
     assert (
         next(r.path for r in emu.requests if r.kind == "api") == f"/api/3/stacks/stack-1/backups/{first}.json"
     )
+
+
+def test_a_new_archive_makes_each_s3_call_once_and_never_reads_back_its_manifest(
+    emu, s3_client, s3_bucket, s3_server, monkeypatch
+):
+    """The calls of a fresh multipart archive, in order: the manifest is read once, to find an earlier
+    archive, and what this run wrote is checked by a HEAD, never read back."""
+    from tests.s3_proxy import s3_proxy
+
+    bid = emu.add_backup("stack-1", size=12 * MiB + 7, backup_date=DATE, database_name="app_db")
+    with s3_proxy(s3_server) as proxy:
+        connection = {
+            "conn_type": "aws",
+            "login": "testing",
+            "password": "testing",
+            "extra": {"endpoint_url": proxy.endpoint, "region_name": "us-east-1"},
+        }
+        monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps(connection))
+        (uri,) = make_op(s3_bucket, bid, s3_key_prefix="lake/{backup_id}/").execute({})
+        seen = [(request.operation, request.key) for request, _ in proxy.seen]
+
+    archive_key, manifest = uri.split("/", 3)[3], f"lake/{bid}/manifest.json"
+    catalogued = catalogue_key(emu, bid)
+    assert read(s3_client, s3_bucket, archive_key) == archive_bytes(emu, "stack-1", bid)
+    parts = [call for call in seen if call[0] == "UploadPart"]
+    assert parts == [("UploadPart", archive_key)] * 3
+    assert [call for call in seen if call[0] != "UploadPart"] == [
+        ("GetObject", manifest),  # an earlier archive? (404)
+        ("HeadObject", archive_key),  # is each key free?
+        ("HeadObject", manifest),
+        ("ListMultipartUploads", ""),  # an upload an earlier try left, to resume
+        ("CreateMultipartUpload", archive_key),
+        ("CompleteMultipartUpload", archive_key),
+        ("HeadObject", archive_key),  # the object is what was sent
+        ("PutObject", manifest),
+        ("HeadObject", manifest),
+        ("ListMultipartUploads", ""),  # uploads left on the archive's keys by other runs
+        ("HeadObject", catalogued),  # catalogued already?
+        ("HeadObject", archive_key),  # its storage class and lock, as S3 holds them
+        ("PutObject", catalogued),
+        ("HeadObject", catalogued),
+    ]

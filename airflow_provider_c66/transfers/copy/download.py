@@ -9,6 +9,7 @@ import logging
 import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 import requests
@@ -17,7 +18,7 @@ import urllib3.exceptions
 
 from airflow_provider_c66.api import RetryState, parse_retry_after
 from airflow_provider_c66.redaction import describe_error, redact_message, redact_urllib3_logs
-from airflow_provider_c66.transfers.copy.coordination import _Coordinator
+from airflow_provider_c66.transfers.copy.coordination import _Coordinator, _Stopped
 from airflow_provider_c66.transfers.copy.model import (
     _POLL,
     _T,
@@ -149,18 +150,42 @@ class _Downloader:
 
     def probe_sizes(self) -> list[int]:
         """Learn every source's size with ``Range: bytes=0-0``: a GET-signed URL answers HEAD with 403."""
-        self.sizes = [self._retrying(i, lambda: "size probe", self._probe) for i in range(len(self.urls))]
+        self.sizes = self._probe_all("size probe")
         return self.sizes
 
     def check_sizes_unchanged(self) -> None:
         """Probe every source again: a file that grew or shrank since the copy began is still being written."""
-        for index, before in enumerate(self.sizes):
-            now = self._retrying(index, lambda: "size check", self._probe)
+        for index, (before, now) in enumerate(zip(self.sizes, self._probe_all("size check"), strict=True)):
             if now != before:
                 raise SourceChanged(
                     f"{self.urls[index].source.label} was {before} bytes when the copy began and is "
                     f"{now} bytes now: it is still being written"
                 )
+
+    def _probe_all(self, what: str) -> list[int]:
+        """Every source's size, the sources probed at once: each probe may first fetch a signed URL, so
+        one after another they cost two round trips per file before the first byte (or the completion).
+        The first failure stops the other probes at their next check and is the one raised."""
+
+        def probe(index: int) -> int:
+            try:
+                return self._retrying(index, lambda: what, self._probe)
+            except BaseException as exc:
+                self.coordinator.fail(exc)
+                raise
+
+        try:
+            if len(self.urls) == 1:
+                return [probe(0)]
+            workers = min(len(self.urls), self.settings.max_concurrency)
+            with ThreadPoolExecutor(workers, thread_name_prefix="c66-probe") as pool:
+                probes = [pool.submit(probe, index) for index in range(len(self.urls))]
+                wait(probes)
+            self.coordinator.check_main()
+            return [future.result() for future in probes]
+        except _Stopped:  # a part failed meanwhile (the last uploads run during the second look)
+            self.coordinator.check_main()
+            raise
 
     def fill(self, index: int, offset: int, view: memoryview, on_bytes: Callable[[int], None]) -> None:
         """Fill ``view`` with bytes ``offset..`` of source ``index``, resuming where a failed read stopped."""

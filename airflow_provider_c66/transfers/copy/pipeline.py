@@ -146,14 +146,14 @@ class _ArchiveCopy:
         """Upload and verify; return (ETag, the archive's digest, the checksum S3 stored). Nothing is
         left behind when this raises.
 
-        ``before_complete`` runs once every byte is uploaded and before the object can appear: the
-        sources are probed again first, so a file still being written never completes an object.
+        ``before_complete`` runs once every byte is read and before the object can appear: the
+        sources are probed again first, so a file still being written never completes an object. A
+        multipart copy looks while its last parts upload (the bytes it sends are the ones it has read).
         """
 
         def settle() -> None:
             self.downloader.check_sizes_unchanged()
             before_complete()
-            self.coordinator.check_main()  # a cancel that arrives now still leaves nothing behind
 
         if len(parts) == 1:
             etag, digest, version = self._put(parts[0], settle)
@@ -169,6 +169,7 @@ class _ArchiveCopy:
         try:
             md5 = base64.b64decode(integrity["ContentMD5"]).hex() if "ContentMD5" in integrity else None
             settle()
+            self.coordinator.check_main()  # a cancel that arrives now still leaves nothing behind
             answer = self.dest.write(
                 "PutObject",
                 self.client.put_object,
@@ -196,8 +197,8 @@ class _ArchiveCopy:
         upload_id, full_object, earlier = found
         pools = _Pipeline(self.settings.max_concurrency)
         try:
-            completed, digest = self._upload_parts(pools, upload_id, parts, earlier)
-            settle()
+            completed, digest = self._upload_parts(pools, upload_id, parts, earlier, settle)
+            self.coordinator.check_main()  # a cancel that arrives now still leaves nothing behind
             answer = self._complete(upload_id, completed, digest, full_object)
         except BaseException as exc:
             keep = self.keep_upload_on_failure
@@ -365,13 +366,20 @@ class _ArchiveCopy:
         )
 
     def _upload_parts(
-        self, pools: _Pipeline, upload_id: str, parts: Sequence[_Part], earlier: Mapping[int, Any]
+        self,
+        pools: _Pipeline,
+        upload_id: str,
+        parts: Sequence[_Part],
+        earlier: Mapping[int, Any],
+        settle: Callable[[], None],
     ) -> tuple[list[CompletedPartTypeDef], ArchiveDigest]:
         """Run the pipeline; collect the parts in order to hash the archive.
 
         Up to ``max_concurrency`` parts download while up to ``max_concurrency`` others upload, so on a
         capped link both directions stay busy. At most ``2 x max_concurrency`` parts are between the
         start of their download and their collection here: that, times the part size, bounds memory.
+        ``settle`` runs once the last part is read, while the last uploads still run: the downloads
+        finish first, and the sources' second look then costs no time of its own.
         """
         digest = ArchiveDigest()
         completed: list[CompletedPartTypeDef] = []
@@ -382,6 +390,9 @@ class _ArchiveCopy:
                     completed.append(self._collect(window.popleft(), digest))
                 self.coordinator.check_main()
                 window.append(pools.download.submit(self._read_part, pools, upload_id, part, earlier))
+            for read in window:  # the download stage: its result is the upload's future, or the part
+                self._wait(read)
+            settle()
             while window:
                 completed.append(self._collect(window.popleft(), digest))
         except BaseException as exc:
@@ -536,9 +547,10 @@ def copy_to_s3(
     :param log: where progress and retries are logged.
     :param expected_size: the archive's size as its record states it: another total fails the copy
         with :class:`SourceChanged` before anything is uploaded.
-    :param before_complete: called with the sources' sizes once every byte is uploaded, after the
-        sources were probed again and found unchanged, and before the object can appear; what it
-        raises aborts the copy (the caller's last look at the source, e.g. its file list).
+    :param before_complete: called with the sources' sizes once every byte is read (the last parts
+        may still be uploading), after the sources were probed again and found unchanged, and before
+        the object can appear; what it raises aborts the copy (the caller's last look at the source,
+        e.g. its file list).
     :param if_none_match: the key was free when the caller looked: write with ``If-None-Match: *`` so
         that a concurrent run's object is never overwritten (stores that answer 501 get a plain write).
     :param resume: continue a multipart upload an earlier try left open on the key: its parts whose

@@ -209,6 +209,62 @@ def test_split_files_joined_with_parts_spanning_files(
     assert all(archive.url_fetches(fid) == 1 for fid in archive.file_ids)
 
 
+def test_the_files_of_a_split_backup_are_probed_at_once(
+    archive_factory: Callable[..., Archive], s3_client: Any, s3_bucket: str
+) -> None:
+    # A probe may first fetch the file's signed URL: one file after another, a split backup pays two
+    # round trips per file before its first byte and again before the completion. Here every probe
+    # is answered after 1 s; one after another, the three would be answered at least 1 s apart.
+    size = 20 * MiB + 5
+    archive = archive_factory(size, split_threshold=10 * MiB, split_size=7 * MiB)
+    assert archive.file_ids == ["tar-aa", "tar-ab", "tar-ac"]
+    archive.emu.slow_next(3, r"-a[a-c]$", delay=1.0)  # the first three file requests: the probes
+
+    result = copy_to_s3(archive.sources(), s3_client, s3_bucket, KEY, settings=FAST)
+
+    assert read_object(s3_client, s3_bucket) == archive.content() and result.sha256 == archive.sha256()
+    files = archive.file_requests()
+    first_look = files[:3]
+    assert sorted(r.path[-2:] for r in first_look) == ["aa", "ab", "ac"]
+    assert {r.headers["Range"] for r in first_look} == {"bytes=0-0"}
+    answered = [r.time for r in first_look]
+    assert max(answered) - min(answered) < 0.5, "the probes ran one after another"
+    # The second look probes every file again, after the last data read (7 reads for 5 parts).
+    assert sorted((r.path[-2:], r.headers["Range"]) for r in files[-3:]) == [
+        ("aa", "bytes=0-0"),
+        ("ab", "bytes=0-0"),
+        ("ac", "bytes=0-0"),
+    ]
+    assert len(files) == 3 + 7 + 3 and all(r.headers["Range"] != "bytes=0-0" for r in files[3:-3])
+
+
+def test_the_second_look_at_the_sources_runs_while_the_last_parts_upload(
+    archive_factory: Callable[..., Archive], s3_client: Any, s3_bucket: str
+) -> None:
+    # Downloads finish before uploads on a link where S3 is the slower side: the sources are probed
+    # again (is a file still being written?) once every byte is read, not after the last upload.
+    size = 17 * MiB + 3  # 4 parts of up to 5 MiB
+    archive = archive_factory(size)
+    probes_seen = threading.Event()
+
+    def hold_the_last_part(request: Any, **_: Any) -> None:
+        if "partNumber=4" in request.url:
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and not probes_seen.is_set():
+                if sum(r.headers.get("Range") == "bytes=0-0" for r in archive.file_requests()) == 2:
+                    probes_seen.set()
+                time.sleep(0.01)
+
+    s3_client.meta.events.register("before-send.s3.UploadPart", hold_the_last_part)
+    calls = S3Calls(s3_client)
+
+    result = copy_to_s3(archive.sources(), s3_client, s3_bucket, KEY, settings=FAST)
+
+    assert probes_seen.is_set(), "the sources were probed again only after the last upload"
+    assert calls.operations[-2:] == ["CompleteMultipartUpload", "HeadObject"]
+    assert read_object(s3_client, s3_bucket) == archive.content() and result.sha256 == archive.sha256()
+
+
 def test_empty_archive_is_one_empty_put(
     archive_factory: Callable[..., Archive], s3_client: Any, s3_bucket: str
 ) -> None:
