@@ -13,7 +13,8 @@ S3-protocol server (``nanio``) on 127.0.0.1. Two scenarios:
 * ``wan``: the emulator (API and signed URLs) and the S3 server each behind a throttling TCP proxy
   (``throttle_proxy.py``: every connection capped at ``--cap-mib`` MiB/s each way, ``--rtt-ms`` round
   trip), the proxy checked first; the operator, its limits and the peers copy the same backup, and the
-  operator again at each ``max_concurrency`` of ``WAN_SWEEP``.
+  operator again at each ``max_concurrency`` of ``WAN_SWEEP``; with ``--timeline``, once more with every
+  call timed (``timeline.py``), printed in order: where the operator's time goes.
 
 At the end it draws PNG charts of both (``charts.py``) into docs/bench, or ``--charts DIR``.
 
@@ -361,7 +362,15 @@ def child(spec: dict[str, Any]) -> None:
         usage = resource.getrusage(resource.RUSAGE_SELF)
         return usage.ru_utime + usage.ru_stime
 
+    calls = None
+    if spec.get("timeline"):
+        from timeline import Timeline  # benchmarks/timeline.py, next to this script
+
+        calls = Timeline()
+        calls.install()
     started, cpu_started = time.perf_counter(), cpu()
+    if calls is not None:
+        calls.start()
     keys, timed = runs[spec["kind"]](spec)  # a run with setup returns the part to time
     if timed is not None:
         started, cpu_started = time.perf_counter(), cpu()
@@ -370,6 +379,8 @@ def child(spec: dict[str, Any]) -> None:
     result: Result = {"seconds": seconds, "cpu": cpu_seconds, "peak_rss": peak_rss(), "import_rss": baseline}
     result.update(keys=keys, copy_seconds=spec.get("copy_seconds", seconds))
     result["uploaded_bytes"] = spec.get("uploaded_bytes")
+    if calls is not None:
+        result["calls"] = calls.phases(seconds)
     Path(spec["out"]).write_text(json.dumps(result))
 
 
@@ -886,6 +897,18 @@ def wan_scenario(
         r["download"] = bench.run("download-only (WAN)", "download", size, None, files=listing)
         r["upload"] = bench.run("upload-only (WAN)", "upload", size, sha, seed=7, endpoint=endpoint)
         r["operator"] = bench.run("operator (WAN)", "operator", size, sha, backup_id=backup_id, **wan)
+        timed = None
+        if args.timeline:  # not a contender: the same run with every call timed, for where its time goes
+            timed = bench.run(
+                "operator (WAN, calls timed)",
+                "operator",
+                size,
+                sha,
+                backup_id=backup_id,
+                timeline=True,
+                prefix="timed",
+                **wan,
+            )
         fits = psutil.virtual_memory().available > 3 * size + 2048 * MiB
         contenders = {name: peer for name, peer in peers.items() if name != "naive" or fits}
         peer_results = run_peers(
@@ -926,6 +949,7 @@ def wan_scenario(
         "split": split,
         "sweep": sweep,
         "part_sweep": part_sweep,
+        "timeline": timed,
     }
 
 
@@ -1187,6 +1211,14 @@ def report_wan(
             )
         print("  (share: the task's MiB/s over the link; copy only: the engine's own time, without the API")
         print("   calls and set-up before it)")
+    if w.get("timeline"):
+        timed = w["timeline"]
+        print(
+            f"\nwhere the operator's time goes, WAN: one more run, every call timed ({timed['mib_s']:.1f} MiB/s)"
+        )
+        print("  (seconds from the start of execute: start, end, call; a ranged GET ends at its headers)")
+        for line in timed["calls"]:
+            print(f"  {line}")
     floor = 0.9 * cap
     checks: list[Goal] = [
         (
@@ -1259,6 +1291,11 @@ def main(argv: list[str] | None = None) -> int:
         "--quick",
         action="store_true",
         help="smoke run: loopback 64/128 MiB in 16 MiB splits, 1 repeat; WAN 48 MiB",
+    )
+    parser.add_argument(
+        "--timeline",
+        action="store_true",
+        help="WAN: run the operator once more with every call timed and print where its time goes",
     )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument(
