@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent  # the project's checkout: README.md, example_dags/ ...
 
 
 # --- S3 ---------------------------------------------------------------------------------------------
+def load_benchmark(name: str) -> ModuleType:
+    """A module of benchmarks/ (not a package, so loaded by path)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def read(s3_client: Any, bucket: str, key: str) -> bytes:
     """The object's bytes."""
     return bytes(s3_client.get_object(Bucket=bucket, Key=key)["Body"].read())

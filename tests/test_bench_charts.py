@@ -5,30 +5,21 @@ run is drawn as missing, never dropped. The figures are synthetic, in the shape 
 
 from __future__ import annotations
 
-import importlib.util
 import struct
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
+
+from tests.helpers import load_benchmark
 
 pytest.importorskip("matplotlib")
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 MiB = 1 << 20
 
-
-def load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", BENCHMARKS / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-charts = load("charts")
+charts = load_benchmark("charts")
 
 
 def result(name: str, size_mib: int, mib_s: float, concurrency: int = 4, **extra: Any) -> dict[str, Any]:
@@ -160,7 +151,7 @@ def test_the_benchmark_runs_on_without_matplotlib(
     monkeypatch.setitem(sys.modules, "charts", charts)
     monkeypatch.setattr(charts, "write_charts", no_matplotlib)
 
-    load("copy_to_s3").write_charts(figures(), tmp_path)
+    load_benchmark("copy_to_s3").write_charts(figures(), tmp_path)
 
     assert "charts skipped: No module named 'matplotlib'" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
