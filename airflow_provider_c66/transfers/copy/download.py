@@ -9,7 +9,7 @@ import logging
 import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import requests
@@ -18,7 +18,7 @@ import urllib3.exceptions
 
 from airflow_provider_c66.api import RetryState, parse_retry_after
 from airflow_provider_c66.redaction import describe_error, redact_message, redact_urllib3_logs
-from airflow_provider_c66.transfers.copy.coordination import _Coordinator, _Stopped
+from airflow_provider_c66.transfers.copy.coordination import _Coordinator
 from airflow_provider_c66.transfers.copy.model import (
     _POLL,
     _T,
@@ -165,7 +165,8 @@ class _Downloader:
     def _probe_all(self, what: str) -> list[int]:
         """Every source's size, the sources probed at once: each probe may first fetch a signed URL, so
         one after another they cost two round trips per file before the first byte (or the completion).
-        The first failure stops the other probes at their next check and is the one raised."""
+        The first failure, a probe's or (during the second look) a part's, stops the other probes at
+        their next check and is the one raised."""
 
         def probe(index: int) -> int:
             try:
@@ -174,18 +175,11 @@ class _Downloader:
                 self.coordinator.fail(exc)
                 raise
 
-        try:
-            if len(self.urls) == 1:
-                return [probe(0)]
-            workers = min(len(self.urls), self.settings.max_concurrency)
-            with ThreadPoolExecutor(workers, thread_name_prefix="c66-probe") as pool:
-                probes = [pool.submit(probe, index) for index in range(len(self.urls))]
-                wait(probes)
-            self.coordinator.check_main()
-            return [future.result() for future in probes]
-        except _Stopped:  # a part failed meanwhile (the last uploads run during the second look)
-            self.coordinator.check_main()
-            raise
+        workers = min(len(self.urls), self.settings.max_concurrency)
+        with ThreadPoolExecutor(workers, thread_name_prefix="c66-probe") as pool:
+            probes = [pool.submit(probe, index) for index in range(len(self.urls))]
+        self.coordinator.check_main()
+        return [future.result() for future in probes]
 
     def fill(self, index: int, offset: int, view: memoryview, on_bytes: Callable[[int], None]) -> None:
         """Fill ``view`` with bytes ``offset..`` of source ``index``, resuming where a failed read stopped."""
