@@ -313,13 +313,13 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
         if any(name.startswith("ObjectLock") for name in extra):
             self._check_object_lock(client, bucket)
 
-        existing = self._complete_archive(client, bucket, prefix, stack, ident, list(plan))
+        existing, manifest_held = self._earlier_archive(client, bucket, prefix, stack, ident, list(plan))
         if existing is not None:
             self.log.info(
                 "s3://%s/%s already holds this backup (manifest matches); nothing to copy.", bucket, prefix
             )
             return self._finish(context, client, bucket, prefix, plan, existing, backup, stack, extra)
-        taken = self._check_overwrite(client, bucket, prefix, stack, ident, list(plan))
+        taken = self._check_overwrite(client, bucket, prefix, stack, ident, list(plan), manifest_held)
 
         from airflow_provider_c66.transfers.copy import CopyCancelled, CopyError
 
@@ -584,29 +584,47 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
         self, client: Any, bucket: str, prefix: str, stack: str, ident: int, keys: list[str]
     ) -> list[str] | None:
         """The keys of a complete earlier archive of this backup, or None when there is none."""
+        return self._earlier_archive(client, bucket, prefix, stack, ident, keys)[0]
+
+    def _earlier_archive(
+        self, client: Any, bucket: str, prefix: str, stack: str, ident: int, keys: list[str]
+    ) -> tuple[list[str] | None, bool]:
+        """:meth:`_complete_archive`, and whether the manifest's key holds an object (False: it was
+        free when read, which spares :meth:`_check_overwrite` a HEAD on it)."""
         try:
             document = read_manifest(client, bucket, prefix + archive.MANIFEST_NAME)
         except ValueError:  # damaged: the archive is copied again and the manifest replaced
-            document = None
-        if document is None or not archive.manifest_matches(document, stack, ident, keys):
-            return None
+            return None, True
+        if document is None:
+            return None, False
+        if not archive.manifest_matches(document, stack, ident, keys):
+            return None, True
         for entry in document["objects"]:
             head = head_object(client, bucket, entry["key"])
             if head is None or head.get("ContentLength") != entry["size"]:
                 self.log.warning("Manifest found but %s is missing or changed; copying again.", entry["key"])
-                return None
-        return keys
+                return None, True
+        return keys, True
 
     def _check_overwrite(
-        self, client: Any, bucket: str, prefix: str, stack: str, ident: int, keys: list[str]
+        self,
+        client: Any,
+        bucket: str,
+        prefix: str,
+        stack: str,
+        ident: int,
+        keys: list[str],
+        manifest_held: bool,
     ) -> set[str]:
         """Refuse to overwrite objects this package did not write for this backup (unless replace).
 
+        :param manifest_held: the manifest's key held an object when it was read; when it did not,
+            it is not looked at again (it is written with ``If-None-Match: *`` like any free key).
         :return: the keys that hold an object now; the others are written only if still free
             (``If-None-Match: *``), so two concurrent runs never overwrite each other.
         """
         taken: set[str] = set()
-        for key in [*keys, prefix + archive.MANIFEST_NAME]:
+        for key in [*keys, *([prefix + archive.MANIFEST_NAME] if manifest_held else [])]:
             head = head_object(client, bucket, key)
             if head is None:
                 continue

@@ -149,6 +149,23 @@ def test_foreign_object_without_manifest_is_an_error_unless_replace(
     assert read(s3_client, s3_bucket, prefix + name) == emu.file_bytes("stack-1", bid, "tar")
 
 
+@pytest.mark.parametrize("body", [b"not json", b'{"someone": "else"}'], ids=["unreadable", "another-json"])
+def test_foreign_object_on_the_manifest_key_is_an_error_unless_replace(
+    emu, s3_client, s3_bucket, aws_connection, body
+):
+    """The manifest's key is looked at again when its read found an object: someone else's object
+    there (unreadable, or JSON of another kind) is refused like any other key's, before any copy."""
+    bid = emu.add_backup("stack-1", size=2048, backup_date=DATE, database_name="app_db")
+    manifest = f"cloud66/stack-1/mysql/app_db/2026/03/04/{bid}/manifest.json"
+    s3_client.put_object(Bucket=s3_bucket, Key=manifest, Body=body)
+    with pytest.raises(Exception, match=f"s3://{s3_bucket}/{manifest} already exists and is not part"):
+        make_op(s3_bucket, bid).execute({})
+    assert keys(s3_client, s3_bucket) == [manifest] and read(s3_client, s3_bucket, manifest) == body
+    assert open_uploads(s3_client, s3_bucket) == []
+    make_op(s3_bucket, bid, replace=True).execute({})
+    assert json.loads(read(s3_client, s3_bucket, manifest))["backup"]["id"] == bid
+
+
 @pytest.mark.reliability(
     area="worker",
     fault="an object and an open upload left by an interrupted try",
@@ -352,9 +369,8 @@ def test_a_new_archive_makes_each_s3_call_once_and_never_reads_back_its_manifest
     parts = [call for call in seen if call[0] == "UploadPart"]
     assert parts == [("UploadPart", archive_key)] * 3
     assert [call for call in seen if call[0] != "UploadPart"] == [
-        ("GetObject", manifest),  # an earlier archive? (404)
-        ("HeadObject", archive_key),  # is each key free?
-        ("HeadObject", manifest),
+        ("GetObject", manifest),  # an earlier archive? (404: the manifest's key is free)
+        ("HeadObject", archive_key),  # is the archive's key free?
         ("ListMultipartUploads", ""),  # an upload an earlier try left, to resume
         ("CreateMultipartUpload", archive_key),
         ("CompleteMultipartUpload", archive_key),
