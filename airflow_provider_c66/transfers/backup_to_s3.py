@@ -624,7 +624,7 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
             (``If-None-Match: *``), so two concurrent runs never overwrite each other.
         """
         taken: set[str] = set()
-        for key in [*keys, *([prefix + archive.MANIFEST_NAME] if manifest_held else [])]:
+        for key in [*keys, prefix + archive.MANIFEST_NAME] if manifest_held else keys:
             head = head_object(client, bucket, key)
             if head is None:
                 continue
