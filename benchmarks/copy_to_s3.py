@@ -1030,24 +1030,33 @@ def peer_goals(
     return goals
 
 
-def upload_bound(runs: dict[str, Result], cap: float) -> tuple[float, float, str]:
+def upload_bound(runs: dict[str, Result], cap: float) -> tuple[float, float, float, str]:
     """Printed beside the WAN goals: the share of the link that the upload-only limit (the operator's
     UploadPart calls at its part size and concurrency, from memory, no download) reaches in the same run,
-    and the operator's share of that limit. Below 0.8, the S3 side alone keeps a copy at these settings
-    from the first WAN goal on this server in this run, however well it overlaps its downloads."""
+    the operator's share of that limit, and the most any copy that holds a whole part before sending it
+    could reach here: the limit's time plus one part's download at the cap (over plain HTTP botocore
+    signs each part's payload, and the part's CRC32 header needs all of it, so no upload can start
+    sooner). Below 0.8, the S3 side alone keeps a copy at these settings from the first WAN goal on this
+    server in this run, however well it overlaps its downloads."""
     link = CONCURRENCY * cap
-    limit = runs["upload"]["mib_s"] / link
-    of_limit = runs["operator"]["mib_s"] / runs["upload"]["mib_s"]
+    upload = runs["upload"]
+    limit = upload["mib_s"] / link
+    of_limit = runs["operator"]["mib_s"] / upload["mib_s"]
+    first_part = upload["part_size"] / MiB / cap
+    ceiling = upload["size"] / MiB / (upload["seconds"] + first_part) / link
     text = (
         "  the upload-only limit (the same UploadPart calls from memory, no download):"
-        f" {limit:.3f} of the link;\n  the operator: {of_limit:.3f} of that limit"
+        f" {limit:.3f} of the link;\n  the operator: {of_limit:.3f} of that limit;\n"
+        f"  a copy that downloads a part before it uploads it: at most {ceiling:.3f} of the link"
+        f" (the limit's {upload['seconds']:.2f} s\n  and one part's download at the cap, {first_part:.2f} s)"
     )
-    if limit < 0.8:
+    if ceiling < 0.8:
         text += (
-            f"\n  (the limit is below 0.8 on its own: at {PART_SIZE // MiB} MiB parts, {CONCURRENCY} in flight, this"
-            " S3 server takes\n  too long over each part for any copy to meet the first WAN goal in this run)"
+            f"\n  (below 0.8: at {upload['part_size'] // MiB} MiB parts, {upload['concurrency']} in flight,"
+            " the time this S3 server takes over the\n  parts and the Complete leaves no such copy able to meet"
+            " the first WAN goal in this run)"
         )
-    return limit, of_limit, text
+    return limit, of_limit, ceiling, text
 
 
 def pass_costs() -> dict[str, float]:
@@ -1380,11 +1389,15 @@ def main(argv: list[str] | None = None) -> int:
             wan["seconds"] = time.monotonic() - began
             figures["wan"] = wan
             goals, checks = report_wan(found, wan, args, {**missing, **bench.failed})
-            limit, of_limit, bound = upload_bound(wan["runs"], args.cap_mib)
+            limit, of_limit, ceiling, bound = upload_bound(wan["runs"], args.cap_mib)
             all_goals.append(("checks that the WAN proxy is not what limits the runs", checks, ""))
             all_goals.append((f"goals, WAN ({wan['seconds'] / 60:.1f} min)", goals, bound))
             wan.update(
-                goals=goals, checks=checks, upload_limit_share=limit, operator_of_upload_limit=of_limit
+                goals=goals,
+                checks=checks,
+                upload_limit_share=limit,
+                operator_of_upload_limit=of_limit,
+                buffered_ceiling_share=ceiling,
             )
     verified = all(
         res.get("verified", True)
