@@ -583,14 +583,16 @@ class Cloud66BackupToS3Operator(BaseOperator):  # type: ignore[misc]
     def _complete_archive(
         self, client: Any, bucket: str, prefix: str, stack: str, ident: int, keys: list[str]
     ) -> list[str] | None:
-        """The keys of a complete earlier archive of this backup, or None when there is none."""
+        """The keys of a complete earlier archive of this backup, or None when there is none (the
+        re-checks after a lost race; the first look is :meth:`_earlier_archive`)."""
         return self._earlier_archive(client, bucket, prefix, stack, ident, keys)[0]
 
     def _earlier_archive(
         self, client: Any, bucket: str, prefix: str, stack: str, ident: int, keys: list[str]
     ) -> tuple[list[str] | None, bool]:
-        """:meth:`_complete_archive`, and whether the manifest's key holds an object (False: it was
-        free when read, which spares :meth:`_check_overwrite` a HEAD on it)."""
+        """Read the manifest once: the keys of a complete earlier archive of this backup (or None),
+        and whether the manifest's key holds an object (False: it was free when read, which spares
+        :meth:`_check_overwrite` a HEAD on it)."""
         try:
             document = read_manifest(client, bucket, prefix + archive.MANIFEST_NAME)
         except ValueError:  # damaged: the archive is copied again and the manifest replaced
